@@ -1,0 +1,76 @@
+"""The ``histoedge`` command line: one subcommand per job.
+
+Each stage (``training``, ``export``, ``serving``) owns a ``cli`` module that
+only imports :mod:`argparse` at import time and registers its subcommands with
+:func:`register`.  A subcommand names its handler as ``"module:function"``; the
+handler's module is imported only when that subcommand runs, so
+``histoedge --help`` and ``histoedge serve`` never import TensorFlow.
+
+Example::
+
+    histoedge data synth --out data/synth --n 600 --size 64
+    histoedge train --data data/synth --out runs/r1 --epochs 8 --image-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+__version__ = "0.1.0"
+
+STAGE_CLIS = ("training.cli", "export.cli", "serving.cli")
+
+
+class HistoedgeError(Exception):
+    """A problem with the user's input or environment.
+
+    The command line prints the message on one line and exits with status 2,
+    without a traceback.  Library callers can catch it like any exception.
+    """
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="histoedge",
+        description="Train, export and serve regularised CNN ensembles for histopathology.",
+    )
+    parser.add_argument("--version", action="version", version=f"histoedge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in STAGE_CLIS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def _resolve(handler: str):
+    module_name, _, function_name = handler.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(_resolve(handler)(args) or 0)
+    except HistoedgeError as error:
+        print(f"histoedge {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"histoedge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Training-stage subcommands: ``data synth``, ``train`` and ``report`` (argparse only at import time)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data``, ``train`` and ``report``; handlers are named as ``"module:function"``."""
+    data = subparsers.add_parser("data", help="create or inspect datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    synth = data_sub.add_parser(
+        "synth", help="write the built-in synthetic H&E dataset in the BreakHis layout")
+    synth.add_argument("--out", required=True, help="folder to write (created)")
+    synth.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    synth.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    synth.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
+    synth.add_argument("--malignant-fraction", type=float, default=0.69,
+                       help="fraction of malignant patients' images (default 0.69, as BreakHis)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(handler="training.data.synth:cli_main")
+
+    train = subparsers.add_parser(
+        "train", help="train one regularised CNN, or the whole ensemble with --ensemble")
+    train.add_argument("--data", required=True, help="dataset folder (ImageFolder or BreakHis layout)")
+    train.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    train.add_argument("--config", help="YAML file with configuration overrides")
+    train.add_argument("--ensemble", action="store_true",
+                       help="train every ensemble member and the meta-learner")
+    train.add_argument("--recipe", help="recipe to train when not training the ensemble")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--magnification", help="BreakHis only: keep one magnification, e.g. 40X")
+    train.add_argument("--label", choices=("binary", "subtype"),
+                       help="BreakHis only: benign/malignant (default) or the 8 subtypes")
+    train.add_argument("--set", dest="overrides", action="append", default=None,
+                       metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set optimizer.learning_rate=3e-4 "
+                            "(repeatable; VALUE is parsed as YAML)")
+    train.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    train.set_defaults(handler="training.run:cli_train")
+
+    report = subparsers.add_parser("report", help="regenerate RUN/report.md and RUN/report.html")
+    report.add_argument("run", help="run directory")
+    report.set_defaults(handler="training.report:cli_report")
