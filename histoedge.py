@@ -43,7 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in STAGE_CLIS:
         importlib.import_module(module_name).register(subparsers)
+    _register_demo(subparsers)
     return parser
+
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="the whole product on the synthetic dataset: data, ensemble, int8 export, "
+                     "server, classification over gRPC")
+    demo.add_argument("--workdir", default="demo", help="folder for data, run and models (default ./demo)")
+    demo.add_argument("--n", type=int, default=1500, help="synthetic images (default 1500)")
+    demo.add_argument("--image-size", type=int, default=64, help="model input size (default 64)")
+    demo.add_argument("--classify", type=int, default=8, help="held-out images to classify (default 8)")
+    demo.add_argument("--precision", default="int8", choices=("fp32", "int8"))
+    demo.set_defaults(handler="serving.demo:cli_demo")
 
 
 def _resolve(handler: str):
