@@ -86,4 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m histoedge`` this file runs as ``__main__``; dispatch through the
+    # importable module so stages raise the same HistoedgeError class that main() catches.
+    import histoedge as _histoedge
+
+    sys.exit(_histoedge.main())

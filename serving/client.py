@@ -1,0 +1,246 @@
+"""Python client for the server, and the ``classify`` and ``health`` commands.
+
+Example::
+
+    with InferenceClient("localhost:8001") as client:
+        for prediction in client.classify_paths(["slides/tile1.png"]):
+            print(prediction.source, prediction.label, prediction.probability)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from histoedge import HistoedgeError
+from serving import codecs
+from serving._proto import inference_pb2 as pb
+from serving._proto import inference_pb2_grpc as pb_grpc
+from serving.schema import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass
+class Prediction:
+    """One classified image.  ``probability`` is P(positive class) for binary models, else P(label)."""
+
+    source: str
+    label: str | None = None
+    probability: float | None = None
+    probabilities: list[float] | None = None
+    error: str | None = None
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+class InferenceClient:
+    """A connection to one server.
+
+    Args:
+        server: ``host:port``.
+        tls_ca: CA certificate (PEM file) that signed the server's certificate; enables TLS.
+        tls_cert, tls_key: client certificate and key (PEM files) for mutual TLS.
+        timeout: seconds allowed per call.
+    """
+
+    def __init__(self, server: str, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None, timeout: float = 30.0) -> None:
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
+                   ("grpc.max_send_message_length", _MAX_MESSAGE)]
+        if (tls_cert is None) != (tls_key is None):
+            raise HistoedgeError("--tls-cert and --tls-key go together")
+        if tls_ca is None and tls_cert is None:
+            self.channel = grpc.insecure_channel(server, options=options)
+        else:
+            try:
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=_read(tls_ca), private_key=_read(tls_key),
+                    certificate_chain=_read(tls_cert))
+            except OSError as error:
+                raise HistoedgeError(f"cannot read TLS file: {error}") from error
+            self.channel = grpc.secure_channel(server, credentials, options=options)
+        self.server = server
+        self.timeout = timeout
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._metadata: dict[tuple[str, str], pb.ModelMetadataResponse] = {}
+
+    def __enter__(self) -> "InferenceClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # --- health and metadata ------------------------------------------------------
+
+    def health(self, service: str = "") -> str:
+        """The gRPC health status name, e.g. ``"SERVING"``."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def server_live(self) -> bool:
+        return self.stub.ServerLive(pb.ServerLiveRequest(), timeout=self.timeout).live
+
+    def server_ready(self) -> bool:
+        return self.stub.ServerReady(pb.ServerReadyRequest(), timeout=self.timeout).ready
+
+    def model_ready(self, model: str = "", version: str = "") -> bool:
+        return self.stub.ModelReady(pb.ModelReadyRequest(name=model, version=version), timeout=self.timeout).ready
+
+    def model_metadata(self, model: str = "", version: str = "") -> pb.ModelMetadataResponse:
+        return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=self.timeout)
+
+    # --- inference ----------------------------------------------------------------
+
+    def infer(self, inputs: Sequence[Tensor], model: str = "", version: str = "",
+              outputs: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], str]:
+        """Send tensors; return (outputs by name, version that answered)."""
+        request = pb.ModelInferRequest(model_name=model, model_version=version)
+        for tensor in inputs:
+            message, raw = codecs.encode_input(tensor)
+            request.inputs.append(message)
+            request.raw_input_contents.append(raw)
+        for name in outputs:
+            request.outputs.add(name=name)
+        response = self.stub.ModelInfer(request, timeout=self.timeout)
+        tensors = [codecs.decode_output(message, raw)
+                   for message, raw in zip(response.outputs, response.raw_output_contents)]
+        return {tensor.name: tensor.data for tensor in tensors}, response.model_version
+
+    def classify_arrays(self, images: np.ndarray, model: str = "", version: str = "") -> list[Prediction]:
+        """Classify uint8 [N, H, W, 3] RGB images already at the model's size."""
+        tensor = Tensor("image", "UINT8", np.ascontiguousarray(images, dtype=np.uint8))
+        return self._predictions(tensor, [str(i) for i in range(len(images))], model, version)
+
+    def classify_bytes(self, encoded: Sequence[bytes], model: str = "", version: str = "",
+                       sources: Sequence[str] | None = None) -> list[Prediction]:
+        """Classify encoded PNG/JPEG/TIFF images; the server decodes and resizes them."""
+        data = np.empty(len(encoded), dtype=object)
+        data[:] = [bytes(item) for item in encoded]
+        names = list(sources) if sources is not None else [str(i) for i in range(len(encoded))]
+        return self._predictions(Tensor("image_bytes", "BYTES", data), names, model, version)
+
+    def _predictions(self, tensor: Tensor, sources: list[str], model: str, version: str) -> list[Prediction]:
+        parameters = self._model_parameters(model, version)  # before: a draining server takes no new calls
+        outputs, _ = self.infer([tensor], model, version, outputs=("probabilities", "label"))
+        positive = parameters.get("positive_class")
+        result = []
+        for source, label, row in zip(sources, outputs["label"], outputs["probabilities"]):
+            label = label.decode("utf-8")
+            if positive is not None:
+                probability = float(row[positive])
+            else:
+                probability = float(np.max(row))
+            result.append(Prediction(source, label, probability, [float(p) for p in row]))
+        return result
+
+    def _model_parameters(self, model: str, version: str) -> dict:
+        key = (model, version)
+        if key not in self._metadata:
+            self._metadata[key] = self.model_metadata(model, version)
+        params = self._metadata[key].parameters
+        return {name: getattr(value, value.WhichOneof("parameter_choice")) for name, value in params.items()}
+
+    def classify_paths(self, paths: Iterable[str | Path], model: str = "", version: str = "",
+                       batch_size: int = 16) -> list[Prediction]:
+        """Classify files and folders (searched recursively for image files).
+
+        Files that cannot be read or decoded get a Prediction with ``error`` set.
+        """
+        files = expand_paths(paths)
+        if files:
+            self._model_parameters(model, version)  # an unknown model fails once, not per file
+        results: list[Prediction] = []
+        for start in range(0, len(files), max(1, batch_size)):
+            chunk = files[start:start + batch_size]
+            readable, data = [], []
+            for path in chunk:
+                try:
+                    data.append(path.read_bytes())
+                    readable.append(path)
+                except OSError as error:
+                    results.append(Prediction(str(path), error=f"cannot read file: {error.strerror or error}"))
+            if readable:
+                results.extend(self._classify_files(readable, data, model, version))
+        return results
+
+    def _classify_files(self, files: list[Path], data: list[bytes], model: str, version: str) -> list[Prediction]:
+        try:
+            return self.classify_bytes(data, model, version, sources=[str(p) for p in files])
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if len(files) == 1:
+                return [Prediction(str(files[0]), error=error.details())]
+        # One bad image fails its whole request: find it by sending each alone.
+        results = []
+        for path, item in zip(files, data):
+            results.extend(self._classify_files([path], [item], model, version))
+        return results
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and image files found recursively in folders (sorted)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _rpc_failure(error: grpc.RpcError, server: str) -> HistoedgeError:
+    return HistoedgeError(f"{server}: {error.code().name}: {error.details()}")
+
+
+def cli_classify(args) -> int:
+    """``histoedge classify``: exit 0 if every image was classified, 1 if some could not be."""
+    try:
+        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout) as client:
+            predictions = client.classify_paths(args.paths, args.model or "", args.model_version,
+                                                args.batch_size)
+    except grpc.RpcError as error:
+        raise _rpc_failure(error, args.server) from None
+    if args.json:
+        for prediction in predictions:
+            print(json.dumps(asdict(prediction)))
+    else:
+        width = max([len("path")] + [len(p.source) for p in predictions])
+        print(f"{'path':<{width}}  {'label':<16}  probability")
+        for p in predictions:
+            if p.error:
+                print(f"{p.source:<{width}}  {'ERROR':<16}  {p.error}")
+            else:
+                print(f"{p.source:<{width}}  {p.label:<16}  {p.probability:.4f}")
+    failed = sum(1 for p in predictions if p.error)
+    if failed:
+        print(f"histoedge classify: {failed} of {len(predictions)} images could not be classified",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cli_health(args) -> int:
+    """``histoedge health``: exit 0 only when the server reports SERVING."""
+    try:
+        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout) as client:
+            status = client.health(args.service)
+    except grpc.RpcError as error:
+        print(f"histoedge health: {args.server}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(f"{args.server}: {status}")
+    return 0 if status == "SERVING" else 1

@@ -1,0 +1,256 @@
+"""One loaded model version: checksum-verified onnxruntime session, batcher, pre/post-processing.
+
+Example::
+
+    model = ModelVersion.load(Path("models/breast/3"), settings, metrics)
+    outputs = model.infer_rows(images)     # through the batcher
+    model.close()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from export.manifest import MODEL_FILE, Manifest, ManifestError
+from serving import images
+from serving.batcher import Batcher, Outputs
+from serving.errors import InvalidInputError
+from serving.metrics import ServerMetrics
+from serving.schema import ModelMetadata, Tensor, TensorMetadata
+from serving.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+DEVICE_PROVIDERS = {
+    "auto": PROVIDER_PRIORITY,
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": PROVIDER_PRIORITY,
+}
+IMAGE, IMAGE_BYTES, LABEL = "image", "image_bytes", "label"
+RunHook = Callable[[Callable[[np.ndarray], Outputs]], Callable[[np.ndarray], Outputs]]
+
+
+class ModelLoadError(Exception):
+    """A model version could not be loaded (bad manifest, checksum, graph or warm-up)."""
+
+
+def select_providers(device: str) -> list[str]:
+    """The execution providers for ``device`` that this onnxruntime build has, in priority order."""
+    available = set(ort.get_available_providers())
+    wanted = DEVICE_PROVIDERS[device]
+    if device != "auto" and wanted[0] not in available:
+        raise ModelLoadError(f"--device {device} needs {wanted[0]}, which this onnxruntime lacks "
+                             f"(has {', '.join(sorted(available))}); install onnxruntime-gpu")
+    return [name for name in wanted if name in available]
+
+
+def create_session(model_bytes: bytes, settings: ServerSettings) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    # Spinning threads burn the edge box's CPU while the server idles.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=options,
+                                providers=select_providers(settings.device))
+
+
+class ModelVersion:
+    """A model version ready to serve.  Build with :meth:`load`."""
+
+    def __init__(self, manifest: Manifest, path: Path, session: ort.InferenceSession,
+                 settings: ServerSettings, metrics: ServerMetrics, run_hook: RunHook | None = None) -> None:
+        self.manifest = manifest
+        self.path = path
+        self.session = session
+        self.settings = settings
+        self.providers = tuple(session.get_providers())
+        self.output_names = [o.name for o in session.get_outputs()]
+        labels = {"model": manifest.name, "version": str(manifest.version)}
+        run = run_hook(self._run) if run_hook else self._run
+        self.batcher = Batcher(
+            run, settings.batch_limit, settings.max_queue_delay_ms / 1000.0, settings.max_queue_size,
+            name=f"{manifest.name}/{manifest.version}",
+            on_batch=lambda rows, waits, seconds: _observe_batch(metrics, labels, rows, waits, seconds),
+            on_depth=metrics.queue_depth.labels(**labels).set, wait=settings.batch_wait)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.manifest.image_size
+
+    @classmethod
+    def load(cls, path: Path, settings: ServerSettings, metrics: ServerMetrics,
+             run_hook: RunHook | None = None) -> "ModelVersion":
+        """Verify, load and warm up ``path`` (``MODELS/<name>/<version>``); raise ModelLoadError."""
+        try:
+            manifest = Manifest.load(path)
+            model_bytes = (path / MODEL_FILE).read_bytes()
+            if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256:
+                raise ModelLoadError(f"{path / MODEL_FILE} does not match the SHA-256 in its manifest")
+            if manifest.name != path.parent.name or str(manifest.version) != path.name:
+                raise ModelLoadError(
+                    f"manifest says {manifest.name}/{manifest.version} but the folder is "
+                    f"{path.parent.name}/{path.name}")
+            session = create_session(model_bytes, settings)
+        except (OSError, ManifestError, ValueError, KeyError) as error:
+            raise ModelLoadError(str(error)) from error
+        except ModelLoadError:
+            raise
+        except Exception as error:  # onnxruntime raises its own types for bad graphs
+            raise ModelLoadError(f"onnxruntime cannot load {path / MODEL_FILE}: {error}") from error
+        model = cls(manifest, path, session, settings, metrics, run_hook)
+        model._check_graph()
+        model._warm_up()
+        model.batcher.start()
+        return model
+
+    def _check_graph(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if IMAGE not in inputs or inputs[IMAGE].type != "tensor(uint8)":
+            raise ModelLoadError(f"{self.path}: the graph needs a uint8 input named '{IMAGE}'")
+        if "probabilities" not in self.output_names:
+            raise ModelLoadError(f"{self.path}: the graph has no output 'probabilities'")
+        try:
+            self.image_size
+        except (KeyError, IndexError, ValueError) as error:
+            raise ModelLoadError(f"{self.path}: manifest has no usable '{IMAGE}' input") from error
+
+    def _warm_up(self) -> None:
+        height, width = self.image_size
+        started = time.monotonic()
+        try:
+            outputs = self._run(np.zeros((1, height, width, 3), dtype=np.uint8))
+        except Exception as error:
+            raise ModelLoadError(f"{self.path}: warm-up inference failed: {error}") from error
+        classes = outputs["probabilities"].shape[-1]
+        if classes != len(self.manifest.classes):
+            raise ModelLoadError(f"{self.path}: the graph gives {classes} classes, the manifest "
+                                 f"names {len(self.manifest.classes)}")
+        log.info("loaded model %s version %d (%s, %s) on %s; warm-up %.0f ms", self.name, self.version,
+                 self.manifest.precision, "x".join(map(str, self.image_size)), ",".join(self.providers),
+                 (time.monotonic() - started) * 1000)
+
+    def _run(self, batch: np.ndarray) -> Outputs:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {IMAGE: batch})))
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # --- request handling -------------------------------------------------------------
+
+    def prepare_inputs(self, inputs: list[Tensor]) -> np.ndarray:
+        """Validate the request's inputs and return uint8 [N, H, W, 3]."""
+        if len(inputs) != 1:
+            raise InvalidInputError(
+                f"expected exactly one input, '{IMAGE}' (UINT8 [N,{self._hw}]) or '{IMAGE_BYTES}' "
+                f"(BYTES [N]), got {len(inputs)}: {[t.name for t in inputs]}")
+        tensor = inputs[0]
+        if tensor.name == IMAGE:
+            return self._check_pixels(tensor)
+        if tensor.name == IMAGE_BYTES:
+            if tensor.datatype != "BYTES":
+                raise InvalidInputError(f"input '{IMAGE_BYTES}' must be BYTES, not {tensor.datatype}")
+            if tensor.data.ndim not in (1, 2) or (tensor.data.ndim == 2 and tensor.shape[1] != 1):
+                raise InvalidInputError(f"input '{IMAGE_BYTES}' must have shape [N], not {list(tensor.shape)}")
+            if tensor.data.size == 0:
+                raise InvalidInputError(f"input '{IMAGE_BYTES}' holds no images")
+            return images.decode_images(tensor.data.reshape(-1), self.image_size,
+                                        self.settings.max_image_pixels)
+        raise InvalidInputError(
+            f"unknown input '{tensor.name}'; model '{self.name}' takes '{IMAGE}' or '{IMAGE_BYTES}'")
+
+    @property
+    def _hw(self) -> str:
+        return "{},{},3".format(*self.image_size)
+
+    def _check_pixels(self, tensor: Tensor) -> np.ndarray:
+        if tensor.datatype != "UINT8":
+            raise InvalidInputError(f"input '{IMAGE}' must be UINT8, not {tensor.datatype}")
+        height, width = self.image_size
+        shape = tensor.shape
+        if len(shape) != 4 or shape[1:] != (height, width, 3) or shape[0] < 1:
+            raise InvalidInputError(
+                f"input '{IMAGE}' must have shape [N,{self._hw}] with N >= 1, not {list(shape)}")
+        return tensor.data
+
+    def output_metadata(self) -> list[TensorMetadata]:
+        specs = {spec.name: spec.shape for spec in self.manifest.outputs}
+        result = []
+        for output in self.session.get_outputs():
+            graph_shape = tuple(d if isinstance(d, int) else -1 for d in output.shape)
+            result.append(TensorMetadata(output.name, "FP32", tuple(specs.get(output.name, graph_shape))))
+        return result + [TensorMetadata(LABEL, "BYTES", (-1,))]
+
+    def check_outputs(self, requested: list[str]) -> list[str]:
+        """The outputs to return, in order; raise InvalidInputError for unknown names."""
+        known = [spec.name for spec in self.output_metadata()]
+        unknown = [name for name in requested if name not in known]
+        if unknown:
+            raise InvalidInputError(f"unknown output(s) {unknown}; model '{self.name}' has {known}")
+        return list(requested) or known
+
+    def make_outputs(self, outputs: Outputs, names: list[str]) -> list[Tensor]:
+        result = []
+        for name in names:
+            if name == LABEL:
+                result.append(Tensor(LABEL, "BYTES", self.labels(outputs["probabilities"])))
+            else:
+                result.append(Tensor(name, "FP32", np.asarray(outputs[name], dtype=np.float32)))
+        return result
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class names: binary models threshold P(positive); others take the arg-max."""
+        classes = self.manifest.classes
+        positive, threshold = self.manifest.positive_class, self.manifest.threshold
+        if len(classes) == 2 and positive is not None and threshold is not None:
+            chosen = np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
+        else:
+            chosen = np.argmax(probabilities, axis=1)
+        labels = np.empty(len(chosen), dtype=object)
+        labels[:] = [classes[int(index)].encode("utf-8") for index in chosen]
+        return labels
+
+    def metadata(self, versions: tuple[str, ...]) -> ModelMetadata:
+        height, width = self.image_size
+        manifest = self.manifest
+        parameters = {
+            "providers": ",".join(self.providers), "precision": manifest.precision,
+            "classes": ",".join(manifest.classes), "members": ",".join(manifest.members),
+            "image_size": f"{height}x{width}", "sha256": manifest.sha256,
+            "max_batch_size": self.settings.batch_limit,
+        }
+        if manifest.threshold is not None:
+            parameters["threshold"] = float(manifest.threshold)
+        if manifest.positive_class is not None:
+            parameters["positive_class"] = int(manifest.positive_class)
+        return ModelMetadata(
+            name=self.name, versions=versions, platform="onnxruntime_onnx",
+            inputs=(TensorMetadata(IMAGE, "UINT8", (-1, height, width, 3)),
+                    TensorMetadata(IMAGE_BYTES, "BYTES", (-1,))),
+            outputs=tuple(self.output_metadata()), parameters=parameters)
+
+
+def _observe_batch(metrics: ServerMetrics, labels: dict, rows: int, waits: list[float], seconds: float) -> None:
+    metrics.batch_size.labels(**labels).observe(rows)
+    metrics.inference_seconds.labels(**labels).observe(seconds)
+    queue = metrics.queue_seconds.labels(**labels)
+    for wait in waits:
+        queue.observe(wait)

@@ -1,0 +1,179 @@
+"""The gRPC inference server: OIP service, health, reflection, metrics, repository watching.
+
+Design: a synchronous ``grpc.server`` with a sized thread pool.  Handler threads
+only convert messages, decode images (OpenCV) and wait on their batch; the
+batcher thread of each model version calls onnxruntime, which releases the
+GIL.  The pool is sized so a full batch of waiting requests fits
+(``ServerSettings.workers``).
+
+Example::
+
+    server = InferenceServer(ServerSettings(repo=Path("models"), port=0)).start()
+    print(server.port)
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from functools import partial
+from pathlib import Path
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import CollectorRegistry
+
+from histoedge import HistoedgeError
+from serving._proto import inference_pb2, inference_pb2_grpc
+from serving.dataplane import DataPlane
+from serving.metrics import ServerMetrics
+from serving.repository import ModelRegistry, ModelRepository
+from serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
+from serving.servicer import InferenceServicer
+from serving.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    # The OIP messages live in a private pool (see serving.proto_gen), so reflection
+    # gets its own pool holding every service this server offers.
+    pool = descriptor_pool.DescriptorPool()
+    for module in (inference_pb2, health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
+
+
+class InferenceServer:
+    """Everything ``histoedge serve`` runs, startable and stoppable in-process.
+
+    Args:
+        settings: server options.
+        registry: Prometheus registry for the metrics (a new one by default).
+        run_hook: wraps each model's session run (tests use it to slow or count runs).
+    """
+
+    def __init__(self, settings: ServerSettings, registry: CollectorRegistry | None = None,
+                 run_hook: RunHook | None = None) -> None:
+        if settings.repo is None:
+            raise HistoedgeError("--repo is required (or HISTOEDGE_REPO)")
+        if not Path(settings.repo).is_dir():
+            raise HistoedgeError(f"model repository {settings.repo} is not a folder")
+        try:
+            log.info("execution providers for --device %s: %s", settings.device,
+                     ", ".join(select_providers(settings.device)))
+        except ModelLoadError as error:
+            raise HistoedgeError(str(error)) from None
+        self.settings = settings
+        self.metrics = ServerMetrics(registry if registry is not None else CollectorRegistry())
+        loader = partial(ModelVersion.load, settings=settings, metrics=self.metrics, run_hook=run_hook)
+        self.models = ModelRegistry(ModelRepository(Path(settings.repo)), loader, self._update_health)
+        self.dataplane = DataPlane(self.models, self.metrics)
+        self.health = health.HealthServicer()
+        self._grpc: grpc.Server | None = None
+        self._metrics_http = None
+        self._served: set[tuple[str, int]] = set()
+        self.port = 0
+
+    def start(self) -> "InferenceServer":
+        """Listen, then load every model (health says NOT_SERVING until they are warm)."""
+        settings = self.settings
+        size = settings.max_message_mb * 1024 * 1024
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=settings.workers + settings.max_queue_size)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc,
+            pool=_reflection_pool())
+        self._update_health()
+        address = f"{settings.host}:{settings.port}"
+        self.port = self._bind(address)
+        if settings.metrics_port:
+            try:
+                self._metrics_http = self.metrics.serve_http(settings.host, settings.metrics_port)
+            except OSError as error:
+                raise HistoedgeError(f"cannot serve metrics on port {settings.metrics_port}: {error}") from None
+        self._grpc.start()
+        log.info("listening on %s:%d (%s); metrics on port %s", settings.host, self.port,
+                 "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
+                 settings.metrics_port or "off")
+        self.models.refresh()
+        self.models.start_watching(settings.poll_seconds)
+        if not self.models.all_ready():
+            log.warning("not every model in %s loaded; health reports NOT_SERVING", settings.repo)
+        return self
+
+    def _bind(self, address: str) -> int:
+        settings = self.settings
+        try:
+            if settings.tls_cert is None:
+                port = self._grpc.add_insecure_port(address)
+            else:
+                client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                    root_certificates=client_ca, require_client_auth=client_ca is not None)
+                port = self._grpc.add_secure_port(address, credentials)
+        except OSError as error:
+            raise HistoedgeError(f"cannot read TLS files: {error}") from error
+        except RuntimeError as error:
+            raise HistoedgeError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise HistoedgeError(f"cannot listen on {address} (in use?)")
+        return port
+
+    def _update_health(self) -> None:
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        overall = serving if self.models.all_ready() else not_serving
+        for service in ("", INFERENCE_SERVICE):
+            self.health.set(service, overall)
+        for name in self.models.names():
+            self.health.set(name, serving if self.models.ready(name) else not_serving)
+        served = {(name, version) for name in self.models.names() for version in self.models.versions(name)}
+        for name, version in served | self._served:
+            self.metrics.model_ready.labels(model=name, version=str(version)).set((name, version) in served)
+        self._served = served
+
+    def reload(self) -> None:
+        """Rescan the repository soon (what SIGHUP does)."""
+        self.models.rescan_soon()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, unload models."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait(grace + 1)
+        self.models.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        log.info("server stopped")
+
+
+def cli_serve(args) -> int:
+    """``histoedge serve``: run until SIGTERM or SIGINT, then drain and exit 0."""
+    flags = {option.name: getattr(args, option.name, None) for option in ServerSettings.options()}
+    server = InferenceServer(ServerSettings.from_sources(flags))
+    stopping = threading.Event()
+    # Handlers first, so a SIGTERM while models load still drains and exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGHUP, lambda signum, frame: server.reload())
+    server.start()
+    while not stopping.wait(1.0):
+        pass
+    log.info("stopping: draining in-flight requests for up to %.1f s", server.settings.grace_seconds)
+    server.stop()
+    return 0

@@ -1,0 +1,119 @@
+"""Server settings: one typed object, filled from flags, then environment, then defaults.
+
+Every option ``--some-option`` can also be given as ``HISTOEDGE_SOME_OPTION``;
+a flag on the command line wins over the environment.
+
+Example::
+
+    settings = ServerSettings.from_sources({"repo": "models", "port": None}, os.environ)
+    settings.port  # 8001, or $HISTOEDGE_PORT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from histoedge import HistoedgeError
+
+ENV_PREFIX = "HISTOEDGE_"
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _option(default: Any, convert: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"convert": convert, "help": help})
+
+
+def _default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Options of ``histoedge serve`` (see ``histoedge serve --help``)."""
+
+    repo: Path | None = _option(None, Path, "model repository: MODELS/<name>/<version>/")
+    host: str = _option("0.0.0.0", str, "address to listen on")
+    port: int = _option(8001, int, "gRPC port (0 picks a free port)")
+    metrics_port: int = _option(8002, int, "Prometheus metrics HTTP port (0 disables)")
+    device: str = _option("auto", str, "execution providers: auto|cpu|cuda|tensorrt")
+    max_batch_size: int = _option(16, int, "largest merged batch (1 disables batching)")
+    max_queue_delay_ms: float = _option(2.0, float, "longest wait for a batch to fill")
+    max_queue_size: int = _option(256, int, "requests waiting per model version before RESOURCE_EXHAUSTED")
+    no_batching: bool = _option(False, _bool, "run each request on its own")
+    batch_wait: str = _option("arriving", str, "arriving: wait only for requests being decoded; full: always")
+    threads: int | None = _option(None, int, "onnxruntime intra-op threads per session")
+    grpc_workers: int = _option(0, int, "gRPC handler threads (0: from max batch size)")
+    max_message_mb: int = _option(64, int, "largest gRPC message in MB")
+    max_image_pixels: int = _option(50_000_000, int, "largest encoded image accepted, in pixels")
+    poll_seconds: float = _option(5.0, float, "repository polling interval (0 disables; SIGHUP rescans)")
+    grace_seconds: float = _option(10.0, float, "time for in-flight requests on SIGTERM")
+    tls_cert: Path | None = _option(None, Path, "server certificate (PEM) for TLS")
+    tls_key: Path | None = _option(None, Path, "server private key (PEM) for TLS")
+    tls_client_ca: Path | None = _option(None, Path, "CA (PEM) clients must present a certificate of (mTLS)")
+
+    def __post_init__(self) -> None:
+        if self.threads is None:
+            object.__setattr__(self, "threads", _default_threads())
+        self.validate()
+
+    @property
+    def batch_limit(self) -> int:
+        """The largest batch the batcher builds (1 when batching is off)."""
+        return 1 if self.no_batching else self.max_batch_size
+
+    @property
+    def workers(self) -> int:
+        # Each waiting request holds a handler thread, so a full batch needs that many.
+        return self.grpc_workers or max(8, 2 * self.batch_limit + 4)
+
+    def validate(self) -> None:
+        if self.device not in DEVICES:
+            raise HistoedgeError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.batch_wait not in ("arriving", "full"):
+            raise HistoedgeError(f"--batch-wait must be arriving or full, not {self.batch_wait!r}")
+        for name in ("max_batch_size", "max_queue_size", "threads", "max_message_mb", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise HistoedgeError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("max_queue_delay_ms", "poll_seconds", "grace_seconds"):
+            if getattr(self, name) < 0:
+                raise HistoedgeError(f"--{name.replace('_', '-')} must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise HistoedgeError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise HistoedgeError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
+                     ) -> "ServerSettings":
+        """Build settings: a non-None ``flags[name]`` wins, then ``HISTOEDGE_<NAME>``, then the default."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for option in cls.options():
+            flag = flags.get(option.name)
+            env_name = ENV_PREFIX + option.name.upper()
+            convert = option.metadata["convert"]
+            if flag is not None:
+                values[option.name] = convert(flag) if isinstance(flag, str) else flag
+            elif env_name in environ:
+                try:
+                    values[option.name] = convert(environ[env_name])
+                except ValueError as error:
+                    raise HistoedgeError(f"{env_name}: {error}") from None
+        return cls(**values)

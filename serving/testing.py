@@ -1,0 +1,99 @@
+"""Tiny model packages for tests and demos, built with ``onnx.helper`` (no TensorFlow).
+
+The graph follows the repository contract: ``image`` UINT8 [N, S, S, 3] ->
+mean colour -> one linear+softmax head per "member" -> ``member_probabilities``
+[N, M, C] and their average ``probabilities`` [N, C].
+
+Example::
+
+    path = write_model_version(Path("models"), "tiny", version=1)
+    # models/tiny/1/model.onnx + manifest.json, ready for `histoedge serve --repo models`
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from export.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TensorSpec, sha256_file
+
+
+def tiny_model_bytes(size: int = 16, members: int = 2, classes: int = 2, seed: int = 0) -> bytes:
+    """Serialised ONNX model of the contract's shape with weights drawn from ``seed``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Mul", ["mean", "scale"], ["colour"]),
+    ]
+    initializers = [numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "scale")]
+    member_outputs = []
+    for m in range(members):
+        weight = rng.normal(0, 6, size=(3, classes)).astype(np.float32)
+        bias = rng.normal(0, 1, size=(classes,)).astype(np.float32)
+        initializers += [numpy_helper.from_array(weight, f"w{m}"), numpy_helper.from_array(bias, f"b{m}")]
+        nodes += [
+            helper.make_node("MatMul", ["colour", f"w{m}"], [f"logits{m}_"]),
+            helper.make_node("Add", [f"logits{m}_", f"b{m}"], [f"logits{m}"]),
+            helper.make_node("Softmax", [f"logits{m}"], [f"p{m}"], axis=-1),
+            helper.make_node("Unsqueeze", [f"p{m}", "axis1"], [f"p{m}_1"]),
+        ]
+        member_outputs.append(f"p{m}_1")
+    initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
+    nodes += [
+        helper.make_node("Concat", member_outputs, ["member_probabilities"], axis=1),
+        helper.make_node("ReduceMean", ["member_probabilities"], ["probabilities"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_ensemble",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
+         helper.make_tensor_value_info("member_probabilities", TensorProto.FLOAT, ["N", members, classes])],
+        initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: int = 16,
+                        members: int = 2, classes: Sequence[str] = ("benign", "malignant"),
+                        seed: int | None = None, threshold: float | None = 0.5,
+                        model_bytes: bytes | None = None) -> Path:
+    """Write ``repo/name/version`` atomically (temp folder, then rename) and return it.
+
+    Args:
+        seed: weight seed (default: the version, so versions differ).
+        threshold: decision threshold for binary models (None: arg-max).
+        model_bytes: use these bytes as model.onnx instead of a generated graph.
+    """
+    classes = tuple(classes)
+    seed = version if seed is None else seed
+    data = model_bytes if model_bytes is not None else tiny_model_bytes(size, members, len(classes), seed)
+    final = Path(repo) / name / str(version)
+    staging = Path(repo) / name / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / MODEL_FILE).write_bytes(data)
+    binary = len(classes) == 2
+    manifest = Manifest(
+        name=name, version=version,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        inputs=(TensorSpec("image", "UINT8", (-1, size, size, 3)),),
+        outputs=(TensorSpec("probabilities", "FP32", (-1, len(classes))),
+                 TensorSpec("member_probabilities", "FP32", (-1, members, len(classes)))),
+        classes=classes, threshold=threshold if binary else None, positive_class=1 if binary else None,
+        preprocessing={"color": "RGB", "resize": [size, size], "interpolation": "area"},
+        precision="fp32", members=tuple(f"member{m}" for m in range(members)),
+        sha256=sha256_file(staging / MODEL_FILE), source="serving.testing", extra={"opset": 17})
+    (staging / MANIFEST_FILE).write_text(manifest.to_json())
+    os.rename(staging, final)
+    return final

@@ -1,0 +1,83 @@
+"""Helpers shared by the serving tests (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+SIZE = 16
+MODEL = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 20.0, interval: float = 0.02):
+    """Poll ``condition`` until it returns something true; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s: {condition}")
+
+
+def reference(version_dir: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of a direct onnxruntime run, the ground truth for the server."""
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": images})))
+
+
+def sample_images(count: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
+    """Flat-coloured RGB tiles (different colours give different predictions)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(count, 1, 1, 3))
+    noise = rng.integers(0, 8, size=(count, size, size, 3))
+    return np.clip(colours + noise, 0, 255).astype(np.uint8)
+
+
+def encode(image_rgb: np.ndarray, ext: str = ".png") -> bytes:
+    ok, data = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return data.tobytes()
+
+
+def decode_like_server(data: bytes, size: int = SIZE) -> np.ndarray:
+    image = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return image
+
+
+class Gate:
+    """A run hook that counts session runs and can hold them until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.batch_sizes: list[int] = []
+        self.running = threading.Event()
+        self._open = threading.Event()
+        if not hold:
+            self._open.set()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def __call__(self, run):
+        def gated(batch):
+            self.running.set()
+            self._open.wait(30)
+            self.batch_sizes.append(len(batch))
+            return run(batch)
+        return gated
