@@ -1,0 +1,102 @@
+"""The regularised CNN: seed architecture by default, every regulariser switch changes the model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from training.config import CNNConfig, ConfigError
+from training.models import build_cnn
+
+TINY = dict(filters=[8, 16], block_dropout=[0.0, 0.0], dense_units=[16])
+
+
+def layer_types(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_default_reproduces_seed_base_cnn():
+    model = build_cnn(CNNConfig(), num_classes=2, image_size=224)
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128, 256, 256]
+    assert [c.padding for c in convs] == ["valid", "same", "same", "same", "same"]
+    assert [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)] == [0.4, 0.2]
+    assert [l.units for l in model.layers if isinstance(l, keras.layers.Dense)] == [256, 128, 2]
+    assert isinstance(model.layers[1], keras.layers.Rescaling)
+    assert model.layers[1].scale == pytest.approx(1 / 255)
+    assert model.output_names == ["probabilities"]
+    # the seed reports 3.37M parameters (with a 1-unit sigmoid head; ours is a 2-way softmax)
+    assert 3.36e6 < model.count_params() < 3.38e6
+    assert "BatchNormalization" not in layer_types(model)
+    assert model.losses == []
+
+
+def test_small_inputs_pool_only_while_possible():
+    model = build_cnn(CNNConfig(), num_classes=3, image_size=32)
+    pools = [l for l in model.layers if isinstance(l, keras.layers.MaxPooling2D)]
+    assert len(pools) == 4  # 30 -> 15 -> 7 -> 3 -> 1, then no more pooling
+    probs = model(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32"))
+    assert probs.shape == (4, 3)
+    np.testing.assert_allclose(np.sum(probs, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("l1", lambda w: 1e-3 * np.abs(w).sum()),
+    ("l2", lambda w: 1e-2 * np.square(w).sum()),
+    ("l1_l2", lambda w: 1e-3 * np.abs(w).sum() + 1e-2 * np.square(w).sum()),
+])
+def test_kernel_regularisers_add_the_right_penalties(kind, expected):
+    config = CNNConfig(**TINY, regularizer=kind, l1=1e-3, l2=1e-2)
+    model = build_cnn(config, 2, 32)
+    kernels = [l.kernel.numpy() for l in model.layers if hasattr(l, "kernel")]
+    assert len(model.losses) == len(kernels) == 4
+    want = sum(expected(w) for w in kernels)
+    assert float(sum(model.losses)) == pytest.approx(want, rel=1e-4)
+    assert build_cnn(CNNConfig(**TINY), 2, 32).losses == []
+
+
+def test_unknown_regulariser_is_a_config_error():
+    with pytest.raises(ConfigError, match="regularizer"):
+        build_cnn(CNNConfig(**TINY, regularizer="l3"), 2, 32)
+
+
+def test_dropout_batchnorm_and_global_pool_switches():
+    plain = layer_types(build_cnn(CNNConfig(**TINY), 2, 32))
+    assert "Dropout" not in plain and "BatchNormalization" not in plain and "Flatten" in plain
+    model = build_cnn(CNNConfig(**{**TINY, "block_dropout": [0.3, 0.0]}, head_dropout=0.5,
+                                batch_norm=True, global_pool=True), 2, 32)
+    names = [l.name for l in model.layers]
+    assert "dropout1" in names and "dropout2" not in names
+    assert [l.rate for l in model.layers if l.name.startswith("head_dropout")] == [0.5, 0.5]
+    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers) == 3
+    assert "GlobalAveragePooling2D" in layer_types(model) and "Flatten" not in layer_types(model)
+
+
+def test_max_norm_constraint_holds_after_a_training_step():
+    config = CNNConfig(**TINY, max_norm=0.05)
+    model = build_cnn(config, 2, 32)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=10.0), loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.eye(2)[rng.integers(0, 2, 8)].astype("float32")
+    model.train_on_batch(x, y)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            norms = np.sqrt(np.square(layer.kernel.numpy()).sum(axis=(0, 1, 2)))
+        elif isinstance(layer, keras.layers.Dense):
+            norms = np.sqrt(np.square(layer.kernel.numpy()).sum(axis=0))
+        else:
+            continue
+        assert norms.max() <= 0.05 + 1e-5, layer.name
+    unconstrained = build_cnn(CNNConfig(**TINY), 2, 32)
+    assert unconstrained.get_layer("conv1").kernel_constraint is None
+
+
+def test_cnn_config_round_trip_and_width():
+    config = CNNConfig(filters=[4, 8, 16], block_dropout=[0.1], dense_units=[8], batch_norm=True)
+    assert CNNConfig.from_config(config.get_config()) == config
+    model = build_cnn(config, 2, 32)
+    assert [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2D)] == [4, 8, 16]
+    with pytest.raises(ConfigError, match="unknown config key 'model.filtrs'"):
+        CNNConfig.from_config({"filtrs": [1]})

@@ -1,0 +1,111 @@
+"""The regularised CNN: the seed's base architecture with switchable regularisers.
+
+Only standard Keras layers, regularisers and constraints are used, so a saved model loads with
+``keras.models.load_model(path, compile=False)`` and no custom objects.
+
+Example::
+
+    from training.config import CNNConfig
+    from training.models.cnn import build_cnn
+
+    model = build_cnn(CNNConfig(regularizer="l2", l2=1e-4, batch_norm=True), 2, 64)
+    model.output_names   # ['probabilities']
+"""
+
+from __future__ import annotations
+
+import keras
+
+from training.config import CNNConfig, ConfigError
+
+_REGULARIZERS = (None, "l1", "l2", "l1_l2")
+
+
+def _kernel_regularizer(config: CNNConfig):
+    if config.regularizer not in _REGULARIZERS:
+        raise ConfigError(f"model.regularizer must be one of {_REGULARIZERS}, "
+                          f"got {config.regularizer!r}")
+    if config.regularizer == "l1":
+        return keras.regularizers.L1(config.l1)
+    if config.regularizer == "l2":
+        return keras.regularizers.L2(config.l2)
+    if config.regularizer == "l1_l2":
+        return keras.regularizers.L1L2(l1=config.l1, l2=config.l2)
+    return None
+
+
+def _kernel_options(config: CNNConfig, conv: bool) -> dict:
+    # A fresh regulariser/constraint per layer: sharing one instance is legal but confuses saving.
+    # MaxNorm bounds each unit's incoming weight vector: a whole (k, k, in) filter for a conv.
+    constraint = None
+    if config.max_norm:
+        constraint = keras.constraints.MaxNorm(config.max_norm, axis=[0, 1, 2] if conv else 0)
+    return {"kernel_regularizer": _kernel_regularizer(config), "kernel_constraint": constraint}
+
+
+def _validate(config: CNNConfig, num_classes: int, image_size: int) -> None:
+    if num_classes < 2:
+        raise ConfigError(f"need at least 2 classes, got {num_classes}")
+    if not config.filters:
+        raise ConfigError("model.filters must list at least one conv block")
+    if len(config.block_dropout) > len(config.filters):
+        raise ConfigError(f"model.block_dropout has {len(config.block_dropout)} entries but "
+                          f"there are only {len(config.filters)} blocks (model.filters)")
+    if config.first_padding not in ("valid", "same"):
+        raise ConfigError(f"model.first_padding must be 'valid' or 'same', got {config.first_padding!r}")
+    smallest = config.kernel_size if config.first_padding == "valid" else 1
+    if image_size < smallest:
+        raise ConfigError(f"image size {image_size} is smaller than the first kernel ({smallest})")
+
+
+def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Model:
+    """Build the functional CNN.
+
+    Args:
+        config: architecture and regularisation switches (:class:`training.config.CNNConfig`).
+        num_classes: width of the softmax output (2 for binary).
+        image_size: side S of the square float32 input [N, S, S, 3] with raw 0..255 pixels.
+
+    Returns:
+        An uncompiled ``keras.Model`` whose output layer "probabilities" is a softmax.
+    """
+    _validate(config, num_classes, image_size)
+    dropouts = list(config.block_dropout) + [0.0] * (len(config.filters) - len(config.block_dropout))
+
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    size = image_size
+    for block, (filters, rate) in enumerate(zip(config.filters, dropouts), start=1):
+        padding = config.first_padding if block == 1 else "same"
+        x = keras.layers.Conv2D(filters, config.kernel_size, padding=padding,
+                                use_bias=not config.batch_norm, name=f"conv{block}",
+                                **_kernel_options(config, conv=True))(x)
+        if padding == "valid":
+            size = size - config.kernel_size + 1
+        if config.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"bn{block}")(x)
+        x = keras.layers.Activation(config.activation, name=f"act{block}")(x)
+        # Pool only while the map is big enough, so small inputs (32 px) still build.
+        if size >= 2:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
+            size //= 2
+        if rate > 0:
+            x = keras.layers.Dropout(rate, name=f"dropout{block}")(x)
+
+    if config.global_pool:
+        x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    else:
+        x = keras.layers.Flatten(name="flatten")(x)
+    for index, units in enumerate(config.dense_units, start=1):
+        if config.head_dropout > 0:
+            x = keras.layers.Dropout(config.head_dropout, name=f"head_dropout{index}")(x)
+        x = keras.layers.Dense(units, use_bias=not config.batch_norm, name=f"dense{index}",
+                               **_kernel_options(config, conv=False))(x)
+        if config.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"dense_bn{index}")(x)
+        x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
+    if config.head_dropout > 0:
+        x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
+                                 **_kernel_options(config, conv=False))(x)
+    return keras.Model(inputs, outputs, name="histoedge_cnn")
