@@ -1,0 +1,221 @@
+"""One ONNX graph for a whole ensemble: uint8 image in, member and ensemble probabilities out.
+
+Layout of the graph::
+
+    image UINT8 [N,H,W,3] -> Cast FLOAT -> member_0 ... member_M-1   (prefixed subgraphs)
+        -> Unsqueeze + Concat -> member_probabilities FP32 [N,M,C]
+        -> meta-learner (stacking / soft vote / single) -> probabilities FP32 [N,C]
+
+The meta-learner nodes are named ``ensemble/...`` so quantisation can leave them in float.
+:class:`EnsembleSpec` also computes the meta-learner in numpy, the reference for parity checks.
+
+Example::
+
+    spec = EnsembleSpec.load(Path("run/ensemble.json"))
+    graph = build_ensemble_model([onnx_a, onnx_b], spec, metadata={"name": "breast"})
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.convert import MEMBER_INPUT, MEMBER_OUTPUT
+from export.repository import ExportError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+MEMBER_OUTPUTS_NAME = "member_probabilities"
+META_PREFIX = "ensemble/"
+METHODS = ("stacking", "soft_vote", "single")
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """The contents of ``ensemble.json`` that the graph needs (see the shared brief)."""
+
+    method: str
+    members: tuple[str, ...]
+    classes: tuple[str, ...]
+    image_size: int
+    positive_class: int | None = None
+    threshold: float | None = None
+    stacking: dict[str, Any] = field(default_factory=dict)
+    soft_vote: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
+        try:
+            spec = cls(method=str(data["method"]), members=tuple(data["members"]),
+                       classes=tuple(data["classes"]), image_size=int(data["image_size"]),
+                       positive_class=data.get("positive_class"), threshold=data.get("threshold"),
+                       stacking=dict(data.get("stacking") or {}),
+                       soft_vote=dict(data.get("soft_vote") or {}))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ExportError(f"malformed ensemble.json: {error!r}") from error
+        spec.validate()
+        return spec
+
+    @classmethod
+    def load(cls, path: Path) -> "EnsembleSpec":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ExportError(f"cannot read {path}: {error}") from error
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self) -> None:
+        m, c = self.n_members, self.n_classes
+        if self.method not in METHODS:
+            raise ExportError(f"ensemble method {self.method!r} is not one of {METHODS}")
+        if m < 1 or c < 2:
+            raise ExportError(f"ensemble needs >= 1 member and >= 2 classes, got {m} and {c}")
+        if self.method == "single" and m != 1:
+            raise ExportError(f"method 'single' needs one member, got {m}")
+        if self.method == "stacking":
+            coef, intercept = self.stacking_weights()
+            rows = 1 if c == 2 else c
+            if coef.shape != (rows, m * c) or intercept.shape != (rows,):
+                raise ExportError(f"stacking coef {coef.shape} / intercept {intercept.shape} "
+                                  f"do not fit {m} members x {c} classes")
+        if self.method == "soft_vote" and self.vote_weights().shape != (m,):
+            raise ExportError(f"soft_vote weights must have {m} entries")
+
+    def stacking_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return (np.atleast_2d(np.asarray(self.stacking["coef"], dtype=np.float64)),
+                    np.asarray(self.stacking["intercept"], dtype=np.float64).reshape(-1))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ExportError(f"ensemble.json stacking needs numeric coef and intercept: {error!r}") from error
+
+    def vote_weights(self) -> np.ndarray:
+        weights = self.soft_vote.get("weights")
+        if weights is None:
+            return np.full(self.n_members, 1.0 / self.n_members)
+        return np.asarray(weights, dtype=np.float64)
+
+    def combine(self, member_probabilities: np.ndarray) -> np.ndarray:
+        """Reference meta-learner in numpy: [N, M, C] member probabilities -> [N, C]."""
+        p = np.asarray(member_probabilities, dtype=np.float64)
+        if self.method == "single":
+            return p[:, 0]
+        if self.method == "soft_vote":
+            return np.einsum("nmc,m->nc", p, self.vote_weights())
+        coef, intercept = self.stacking_weights()
+        logits = p.reshape(len(p), -1) @ coef.T + intercept
+        if self.n_classes == 2:
+            positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            return np.stack([1.0 - positive, positive], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _meta_nodes(spec: EnsembleSpec, first_member_output: str) -> tuple[list, list]:
+    """Nodes and initializers mapping ``member_probabilities`` to ``probabilities``."""
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), META_PREFIX + name)
+
+    def node(op, inputs, output, **attrs):
+        return helper.make_node(op, inputs, [output], name=META_PREFIX + output.replace(META_PREFIX, ""),
+                                **attrs)
+
+    p = META_PREFIX
+    if spec.method == "single":
+        return [node("Identity", [first_member_output], OUTPUT_NAME)], []
+    if spec.method == "soft_vote":
+        weights = spec.vote_weights().reshape(1, -1, 1)
+        return ([node("Mul", [MEMBER_OUTPUTS_NAME, p + "weights"], p + "weighted"),
+                 node("ReduceSum", [p + "weighted", p + "axis1"], OUTPUT_NAME, keepdims=0)],
+                [const("weights", weights), const("axis1", [1], np.int64)])
+    coef, intercept = spec.stacking_weights()
+    m_c = spec.n_members * spec.n_classes
+    nodes = [node("Reshape", [MEMBER_OUTPUTS_NAME, p + "features_shape"], p + "features"),
+             node("MatMul", [p + "features", p + "coef"], p + "logits_raw"),
+             node("Add", [p + "logits_raw", p + "intercept"], p + "logits")]
+    inits = [const("features_shape", [-1, m_c], np.int64), const("coef", coef.T),
+             const("intercept", intercept)]
+    if spec.n_classes == 2:
+        nodes += [node("Sigmoid", [p + "logits"], p + "positive"),
+                  node("Sub", [p + "one", p + "positive"], p + "negative"),
+                  node("Concat", [p + "negative", p + "positive"], OUTPUT_NAME, axis=1)]
+        inits.append(const("one", 1.0))
+    else:
+        nodes.append(node("Softmax", [p + "logits"], OUTPUT_NAME, axis=1))
+    return nodes, inits
+
+
+def build_ensemble_model(members: list, spec: EnsembleSpec, metadata: dict[str, str] | None = None):
+    """Merge converted members (``x`` -> ``probabilities``) into one ensemble ``onnx.ModelProto``."""
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    if len(members) != spec.n_members:
+        raise ExportError(f"{len(members)} converted members but ensemble.json lists {spec.n_members}")
+    opsets = {(o.domain or "", o.version) for mp in members for o in mp.opset_import}
+    default_opsets = {v for d, v in opsets if d == ""}
+    if len(default_opsets) != 1:
+        raise ExportError(f"members were converted at different opsets: {sorted(default_opsets)}")
+    size = spec.image_size
+    nodes = [helper.make_node("Cast", [INPUT_NAME], [META_PREFIX + "image_float"],
+                              name=META_PREFIX + "cast", to=TensorProto.FLOAT)]
+    initializers, value_info, member_outputs = [], [], []
+    for index, member in enumerate(members):
+        prefix = f"m{index}_{_safe(spec.members[index])}/"
+        prefixed = onnx.compose.add_prefix(member, prefix)
+        graph = prefixed.graph
+        nodes.append(helper.make_node("Identity", [META_PREFIX + "image_float"], [prefix + MEMBER_INPUT],
+                                      name=META_PREFIX + f"feed_{index}"))
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+        value_info.extend(graph.value_info)
+        unsqueezed = f"{META_PREFIX}member_{index}"
+        nodes.append(helper.make_node("Unsqueeze", [prefix + MEMBER_OUTPUT, META_PREFIX + "axis1"],
+                                      [unsqueezed], name=unsqueezed))
+        member_outputs.append(unsqueezed)
+    initializers.append(numpy_helper.from_array(np.array([1], np.int64), META_PREFIX + "axis1"))
+    nodes.append(helper.make_node("Concat", member_outputs, [MEMBER_OUTPUTS_NAME],
+                                  name=META_PREFIX + "stack", axis=1))
+    meta_nodes, meta_inits = _meta_nodes(spec, f"m0_{_safe(spec.members[0])}/{MEMBER_OUTPUT}")
+    nodes.extend(meta_nodes)
+    initializers.extend(i for i in meta_inits if i.name != META_PREFIX + "axis1")
+    c, m = spec.n_classes, spec.n_members
+    graph = helper.make_graph(
+        nodes, "histoedge_ensemble",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", size, size, 3])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", c]),
+         helper.make_tensor_value_info(MEMBER_OUTPUTS_NAME, TensorProto.FLOAT, ["N", m, c])],
+        initializer=initializers, value_info=value_info)
+    model = helper.make_model(
+        graph, producer_name="histoedge",
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets)])
+    model.ir_version = max(mp.ir_version for mp in members)
+    set_metadata(model, metadata or {})
+    onnx.checker.check_model(model)
+    return model
+
+
+def set_metadata(model, metadata: dict[str, Any]) -> None:
+    """Replace the model's metadata_props with ``metadata`` (values JSON-encoded unless str)."""
+    del model.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in name)

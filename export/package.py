@@ -1,0 +1,313 @@
+"""Export a training run (or one Keras model) into the model repository as one ONNX graph.
+
+Steps: convert every member with tf2onnx, merge members and meta-learner into one graph,
+check fp32 parity against Keras + the numpy meta-learner, measure test metrics, quantise
+if asked (refusing an int8 model that loses more than ``max_auc_drop`` ROC-AUC), measure
+latency, then publish ``MODELS/<name>/<version>/`` atomically.
+
+Example::
+
+    manifest = export_run(Path("runs/r1"), Path("models"), "breast",
+                          options=ExportOptions(precision="int8"))
+    manifest = export_keras(Path("my.h5"), ("benign", "malignant"), Path("models"), "mine")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import histoedge
+from export import data
+from export.convert import DEFAULT_OPSET, KerasMember, convert_member, has_rescaling, load_keras_model
+from export.graph import EnsembleSpec, build_ensemble_model, set_metadata
+from export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, TensorSpec, sha256_file
+from export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
+from export.repository import ExportError, VersionWriter
+from export.verify import make_session, measure_latency, predict
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export.
+
+    Args:
+        precision: ``fp32``, ``int8`` or ``fp16``.
+        calibration_images: at most this many training images calibrate int8.
+        force: publish an int8 model even if it loses more than ``max_auc_drop`` ROC-AUC.
+        max_auc_drop: largest accepted fp32 - int8 test ROC-AUC difference.
+        opset: ONNX opset used for every member.
+        parity_images: images for the fp32 parity check against Keras.
+        parity_tolerance: largest accepted absolute difference in probabilities.
+        int8: quantisation settings.
+        latency_threads: onnxruntime threads when measuring latency.
+    """
+
+    precision: str = "fp32"
+    calibration_images: int = 200
+    force: bool = False
+    max_auc_drop: float = 0.01
+    opset: int = DEFAULT_OPSET
+    parity_images: int = 64
+    parity_tolerance: float = 1e-4
+    int8: Int8Settings = field(default_factory=lambda: INT8_DEFAULT)
+    latency_threads: int = 2
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.calibration_images < 1:
+            raise ExportError("--calibration-images must be at least 1")
+
+
+@dataclass
+class ExportSource:
+    """Everything an export needs to know about where the model comes from."""
+
+    members: list[KerasMember]
+    spec: EnsembleSpec
+    description: str
+    source_hashes: dict[str, str]
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    parity_images: np.ndarray
+    calibration: Any  # callable(limit) -> uint8 images, evaluated only for int8
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
+               options: ExportOptions | None = None) -> Manifest:
+    """Export the ensemble of a training run directory (see the shared brief's layout)."""
+    options = options or ExportOptions()
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "ensemble.json"
+    if not spec_path.is_file():
+        raise ExportError(f"{run_dir} has no ensemble.json; is it a finished training run?")
+    spec = EnsembleSpec.load(spec_path)
+    writer = VersionWriter(repo, name, version)  # fail fast on an existing version
+    paths = [run_dir / "members" / member / "model.keras" for member in spec.members]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ExportError(f"member models missing: {', '.join(missing)}")
+    splits = run_dir / "splits.csv"
+    size, classes = spec.image_size, spec.classes
+    test_images, test_labels = data.split_images(splits, "test", size, classes)
+    parity = test_images[:options.parity_images]
+    for fallback in ("val", "train"):  # too few test images: top up from other splits
+        if len(parity) < options.parity_images:
+            extra, _ = data.split_images(splits, fallback, size, classes, limit=options.parity_images)
+            parity = np.concatenate([parity, extra])[:options.parity_images]
+    hashes = {str(p.relative_to(run_dir)): sha256_file(p) for p in [spec_path, *paths]}
+    source = ExportSource(
+        members=[KerasMember(load_keras_model(p)) for p in paths], spec=spec,
+        description=str(run_dir.resolve()), source_hashes=hashes,
+        test_images=test_images, test_labels=test_labels, parity_images=parity,
+        calibration=lambda limit: data.split_images(splits, "train", size, classes, limit=limit)[0])
+    return _export(source, writer, options)
+
+
+def export_keras(model_path: Path, classes: tuple[str, ...], repo: Path, name: str,
+                 version: int | None = None, data_dir: Path | None = None,
+                 calibration_dir: Path | None = None, input_scale: float | None = None,
+                 options: ExportOptions | None = None) -> Manifest:
+    """Export one Keras model (.keras, .h5 or SavedModel directory) as a single-member model.
+
+    Args:
+        classes: class names in the model's output column order.
+        data_dir: optional labelled ImageFolder (one sub-folder per class) for test
+            metrics; also calibrates int8 when ``calibration_dir`` is not given.
+        calibration_dir: folder of images (any layout) to calibrate int8.
+        input_scale: factor from 0..255 pixels to what the model expects; ``None``
+            detects a Rescaling layer (scale 1) and otherwise assumes 0..1 (1/255).
+    """
+    options = options or ExportOptions()
+    model_path = Path(model_path)
+    classes = tuple(classes)
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ExportError(f"--classes needs at least two distinct names, got {list(classes)}")
+    writer = VersionWriter(repo, name, version)
+    model = load_keras_model(model_path)
+    rescales = has_rescaling(model)
+    scale = input_scale if input_scale is not None else (1.0 if rescales else 1.0 / 255.0)
+    probe = KerasMember(model)
+    width = probe.output_width
+    sigmoid = width == 1
+    if sigmoid and len(classes) != 2:
+        raise ExportError(f"the model has one (sigmoid) output but {len(classes)} classes were given")
+    if not sigmoid and width != len(classes):
+        raise ExportError(f"the model outputs {width} columns but {len(classes)} classes were given")
+    height, img_width, _ = probe.input_shape
+    if height != img_width:
+        raise ExportError(f"only square inputs are supported, the model takes {height}x{img_width}")
+    binary = len(classes) == 2
+    spec = EnsembleSpec(method="single", members=(_member_name(model_path),), classes=classes,
+                        image_size=height, positive_class=1 if binary else None,
+                        threshold=0.5 if binary else None)
+    if data_dir is not None:
+        test_images, test_labels = data.image_folder(data_dir, height, classes)
+    else:
+        test_images, test_labels = np.zeros((0, height, height, 3), np.uint8), np.zeros(0, np.int64)
+    rng = np.random.default_rng(0)
+    parity = test_images[:options.parity_images]
+    if len(parity) < options.parity_images:
+        noise = rng.integers(0, 256, (options.parity_images - len(parity), height, height, 3), np.uint8)
+        parity = np.concatenate([parity, noise])
+    calibration_source = calibration_dir or data_dir
+    if options.precision == "int8" and calibration_source is None:
+        raise ExportError("int8 export of a Keras model needs --calibration-dir (or --data) "
+                          "with representative images")
+    hashed = model_path if model_path.is_file() else model_path / "saved_model.pb"
+    hashes = {hashed.name: sha256_file(hashed)}
+    source = ExportSource(
+        members=[KerasMember(model, input_scale=scale, sigmoid_to_two=sigmoid)], spec=spec,
+        description=str(model_path.resolve()), source_hashes=hashes,
+        test_images=test_images, test_labels=test_labels, parity_images=parity,
+        calibration=lambda limit: data.folder_images(Path(calibration_source), height, limit=limit),
+        notes={"input_scale": scale, "rescaling_layer_detected": rescales,
+               "sigmoid_output_expanded": sigmoid})
+    return _export(source, writer, options)
+
+
+def _export(source: ExportSource, writer: VersionWriter, options: ExportOptions) -> Manifest:
+    spec = source.spec
+    with writer:
+        log.info("converting %d member(s) at opset %d", spec.n_members, options.opset)
+        converted = [convert_member(member, options.opset) for member in source.members]
+        metadata = _metadata(source, writer, options)
+        fp32 = build_ensemble_model(converted, spec, metadata)
+        fp32_session = make_session(fp32, options.latency_threads)
+        parity = _check_parity(source, fp32_session, options.parity_tolerance)
+        metrics = {"split": "test", "fp32": _metrics(source, fp32_session)}
+        latency = {"fp32": measure_latency(fp32_session, spec.image_size)}
+        model, extra = fp32, {}
+        if options.precision == "int8":
+            images = source.calibration(options.calibration_images)
+            log.info("calibrating int8 on %d images (%s)", len(images), options.int8.label())
+            model = quantize_int8(fp32, images, options.int8)
+            extra = {"int8_settings": options.int8.get_config(), "calibration_images": int(len(images))}
+        elif options.precision == "fp16":
+            model = build_ensemble_model([convert_fp16(m) for m in converted], spec, metadata)
+        if options.precision != "fp32":
+            session = make_session(model, options.latency_threads)
+            metrics[options.precision] = _metrics(source, session)
+            latency[options.precision] = measure_latency(session, spec.image_size)
+            if options.precision == "int8":
+                _check_auc_drop(metrics, options)
+        metadata["precision"] = options.precision
+        set_metadata(model, metadata)
+        model_bytes = model.SerializeToString()
+        path = writer.write_bytes(MODEL_FILE, model_bytes)
+        manifest = _manifest(source, writer, options, sha256_file(path), metrics, {
+            "opset": options.opset, "ensemble_method": spec.method, "parity_max_abs_diff": parity,
+            "latency_ms": latency, "latency_threads": options.latency_threads,
+            "source_sha256": source.source_hashes, **source.notes, **extra})
+        writer.write_text(MANIFEST_FILE, manifest.to_json())
+    log.info("exported %s (%s, %.1f MB)", writer.final_path, options.precision, len(model_bytes) / 1e6)
+    return manifest
+
+
+def _check_parity(source: ExportSource, session, tolerance: float) -> float:
+    images = source.parity_images
+    keras_members = np.stack([member.predict(images) for member in source.members], axis=1)
+    expected = source.spec.combine(keras_members)
+    probabilities, members = predict(session, images)
+    diff = float(max(np.abs(members - keras_members).max(), np.abs(probabilities - expected).max()))
+    log.info("fp32 parity on %d images: max abs diff %.2e", len(images), diff)
+    if not diff <= tolerance:
+        raise ExportError(f"the ONNX graph differs from Keras by {diff:.2e} (> {tolerance:g}) "
+                          f"on {len(images)} images; nothing was written")
+    return diff
+
+
+def _metrics(source: ExportSource, session) -> dict[str, Any]:
+    if len(source.test_labels) == 0:
+        return {}
+    probabilities, _ = predict(session, source.test_images)
+    return data.classification_metrics(probabilities, source.test_labels,
+                                       source.spec.threshold, source.spec.positive_class)
+
+
+def _check_auc_drop(metrics: dict[str, Any], options: ExportOptions) -> None:
+    fp32_auc, int8_auc = metrics["fp32"].get("roc_auc"), metrics["int8"].get("roc_auc")
+    if fp32_auc is None or int8_auc is None:
+        log.warning("test ROC-AUC unavailable; int8 accuracy was not checked")
+        return
+    drop = fp32_auc - int8_auc
+    if drop > options.max_auc_drop:
+        message = (f"int8 test ROC-AUC {int8_auc:.4f} is {drop:.4f} below fp32 {fp32_auc:.4f} "
+                   f"(more than {options.max_auc_drop}); ")
+        if not options.force:
+            raise ExportError(message + "nothing was written (use --force to export anyway)")
+        log.warning("%s exporting anyway because of --force", message)
+
+
+def _metadata(source: ExportSource, writer: VersionWriter, options: ExportOptions) -> dict[str, Any]:
+    spec = source.spec
+    return {"name": writer.model_dir.name, "version": str(writer.version), "classes": list(spec.classes),
+            "members": list(spec.members), "threshold": spec.threshold,
+            "positive_class": spec.positive_class, "precision": "fp32", "ensemble_method": spec.method,
+            "source": source.description, "source_sha256": source.source_hashes,
+            "toolkit_version": histoedge.__version__, "opset": str(options.opset)}
+
+
+def _manifest(source: ExportSource, writer: VersionWriter, options: ExportOptions, sha256: str,
+              metrics: dict[str, Any], extra: dict[str, Any]) -> Manifest:
+    spec = source.spec
+    size, c, m = spec.image_size, spec.n_classes, spec.n_members
+    return Manifest(
+        name=writer.model_dir.name, version=writer.version,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        inputs=(TensorSpec("image", "UINT8", (-1, size, size, 3)),),
+        outputs=(TensorSpec("probabilities", "FP32", (-1, c)),
+                 TensorSpec("member_probabilities", "FP32", (-1, m, c))),
+        classes=spec.classes, threshold=spec.threshold, positive_class=spec.positive_class,
+        preprocessing={"color": "RGB", "resize": [size, size], "interpolation": "area",
+                       "scaling": "in-graph"},
+        precision=options.precision, members=spec.members, sha256=sha256, metrics=metrics,
+        source=source.description, toolkit_version=histoedge.__version__, extra=extra)
+
+
+def _member_name(path: Path) -> str:
+    return path.name.split(".")[0] or "model"
+
+
+def cli_export(args) -> int:
+    """``histoedge export --run RUN ...`` or ``histoedge export --keras MODEL ...``."""
+    if bool(args.run) == bool(args.keras):
+        raise ExportError("give exactly one of --run RUN or --keras MODEL "
+                          "(or use 'histoedge export verify DIR')")
+    if not args.repo or not args.name:
+        raise ExportError("--repo and --name are required")
+    options = ExportOptions(precision=args.precision, calibration_images=args.calibration_images,
+                            force=args.force, max_auc_drop=args.max_auc_drop, opset=args.opset)
+    if args.run:
+        manifest = export_run(Path(args.run), Path(args.repo), args.name, args.version, options)
+    else:
+        if not args.classes:
+            raise ExportError("--keras needs --classes, e.g. --classes benign,malignant")
+        classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+        manifest = export_keras(Path(args.keras), classes, Path(args.repo), args.name, args.version,
+                                data_dir=_path(args.data), calibration_dir=_path(args.calibration_dir),
+                                input_scale=args.input_scale, options=options)
+    print(f"exported {Path(args.repo) / manifest.name / str(manifest.version)} "
+          f"({manifest.precision}, {len(manifest.members)} member(s), classes {','.join(manifest.classes)})")
+    for precision, values in manifest.metrics.items():
+        if isinstance(values, dict) and values:
+            print(f"  test {precision}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
+    for precision, values in manifest.extra["latency_ms"].items():
+        print(f"  latency {precision}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    return 0
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
