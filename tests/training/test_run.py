@@ -1,0 +1,137 @@
+"""``histoedge train`` end to end on tiny image folders (1 epoch, 32 px, a tiny CNN)."""
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+import histoedge
+import training.run as run_module
+from histoedge import HistoedgeError
+from training.ensemble import Ensemble
+from training.report import load_predictions
+
+TINY = ["model.filters=[8, 16]", "model.block_dropout=[0.0, 0.0]", "model.dense_units=[16]",
+        "evaluation.bootstrap=20", "training.early_stopping.enabled=false"]
+
+
+def _args(data, out, *, ensemble=False, members=None, epochs=1, extra=()):
+    overrides = list(TINY) + list(extra)
+    if members:
+        overrides.append(f"ensemble.members={json.dumps(members)}")
+    return argparse.Namespace(data=str(data), out=str(out), config=None, ensemble=ensemble, recipe=None,
+                              epochs=epochs, image_size=32, batch_size=16, seed=0, magnification=None,
+                              label=None, overrides=overrides, quiet=True)
+
+
+def _split_rows(run):
+    with open(run / "splits.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_single_member_run_writes_the_whole_run_directory(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_module.cli_train(_args(image_folder, run)) == 0
+    assert "roc_auc" in capsys.readouterr().out
+    member = yaml.safe_load((run / "config.yaml").read_text())["recipe"]
+    member_dir = run / "members" / member
+    for path in ("config.yaml", "splits.csv", "unreadable.csv", "duplicates.csv", "ensemble.json", "metrics.json",
+                 "predictions.npz", "report.md", "report.html", "plots/roc.png"):
+        assert (run / path).is_file(), path
+    for path in ("model.keras", "history.csv", "metrics.json", "DONE", "plots/training_curves.png"):
+        assert (member_dir / path).is_file(), path
+    ensemble = Ensemble.load(run / "ensemble.json")
+    assert ensemble.method == "single" and ensemble.members == [member] and ensemble.image_size == 32
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["models"]) == {member, "ensemble"}
+    test = metrics["models"]["ensemble"]["test"]
+    assert test["threshold"] == pytest.approx(ensemble.threshold)
+    assert test["n"] == sum(row["split"] == "test" for row in _split_rows(run))
+    assert len(test["ci"]["accuracy"]) == 2 and "test_at_0.5" in metrics["models"]["ensemble"]
+    predictions = load_predictions(run)
+    assert np.mean(predictions["val"]["ensemble"][predictions["val_labels"] == 1, 1] >= ensemble.threshold) >= 0.95
+
+
+def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_factory, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    seen = []
+    real_fit = run_module.fit_ensemble
+
+    def spy_fit(method, **kwargs):
+        seen.append(kwargs)
+        return real_fit(method, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit_ensemble", spy_fit)
+    assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"])) == 0
+
+    rows = _split_rows(run)
+    n_val, n_test = sum(r["split"] == "val" for r in rows), sum(r["split"] == "test" for r in rows)
+    predictions = load_predictions(run)
+    (fit_call,) = seen
+    assert len(fit_call["val_labels"]) == n_val != len(rows)
+    assert all(len(p) == n_val for p in fit_call["val_probs"])
+    np.testing.assert_array_equal(fit_call["val_labels"], predictions["val_labels"])
+    for name, probs in zip(fit_call["members"], fit_call["val_probs"]):
+        np.testing.assert_allclose(probs, predictions["val"][name], atol=1e-6)
+    assert len(predictions["test_labels"]) == n_test
+    ensemble = Ensemble.load(run / "ensemble.json")
+    assert ensemble.method == "stacking" and ensemble.members == ["class_weight", "focal"]
+    assert np.asarray(ensemble.stacking["coef"]).shape == (1, 4)
+    np.testing.assert_allclose(ensemble.predict_proba([predictions["test"][m] for m in ensemble.members]),
+                               predictions["test"]["ensemble"], atol=1e-6)
+
+    # Second run: both members are DONE, so nothing is retrained.
+    import training.trainer
+    calls = []
+    monkeypatch.setattr(training.trainer, "train_member", lambda *a, **k: calls.append(a))
+    done_mtimes = {m: (run / "members" / m / "DONE").stat().st_mtime_ns for m in ("class_weight", "focal")}
+    assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"])) == 0
+    assert calls == []
+    assert done_mtimes == {m: (run / "members" / m / "DONE").stat().st_mtime_ns for m in done_mtimes}
+    np.testing.assert_allclose(load_predictions(run)["test"]["ensemble"], predictions["test"]["ensemble"], atol=1e-6)
+
+    # Neither may another dataset or a changed training setting be mixed into this run.
+    other = folder_factory(tmp_path / "other", seed=5)
+    with pytest.raises(HistoedgeError, match="different set of images"):
+        run_module.cli_train(_args(other, run, ensemble=True, members=["class_weight", "focal"]))
+    with pytest.raises(HistoedgeError, match="different configuration"):
+        run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"], epochs=2))
+    assert (run / "metrics.json").is_file()
+
+
+def test_three_class_ensemble_uses_multinomial_stacking(folder_factory, tmp_path):
+    data = folder_factory(tmp_path / "data3", classes=("a", "b", "c"), per_class=(16, 16, 16))
+    run = tmp_path / "run"
+    assert run_module.cli_train(_args(data, run, ensemble=True, members=["class_weight", "focal"])) == 0
+    ensemble = Ensemble.load(run / "ensemble.json")
+    assert ensemble.classes == ["a", "b", "c"] and ensemble.threshold is None and ensemble.positive_class is None
+    assert ensemble.stacking["multi_class"] == "multinomial"
+    assert np.asarray(ensemble.stacking["coef"]).shape == (3, 6)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["models"]["ensemble"]["test"]["per_class"]) == {"a", "b", "c"}
+    assert "test_at_0.5" not in metrics["models"]["ensemble"]
+    assert "Ensemble per class" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "one_class", "bad_key"])
+def test_input_errors_are_one_line_and_write_nothing(problem, folder_factory, tmp_path, capsys):
+    data, extra = tmp_path / "data", []
+    if problem == "empty":
+        data.mkdir()
+    elif problem == "one_class":
+        folder_factory(data, classes=("only",), per_class=(12,))
+    elif problem == "bad_key":
+        folder_factory(data, per_class=(6, 6))
+        extra = ["training.epochz=3"]
+    args = _args(data, tmp_path / "run", extra=extra)
+    with pytest.raises(HistoedgeError):
+        run_module.cli_train(args)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "1"]
+    argv += [item for o in extra for item in ("--set", o)]
+    assert histoedge.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("histoedge train: error:") and "\n" not in err
+    assert not (tmp_path / "run").exists()

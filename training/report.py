@@ -1,0 +1,268 @@
+"""``histoedge report RUN``: RUN/report.md and RUN/report.html from the files a run wrote.
+
+Nothing is retrained or re-predicted: the report reads ``metrics.json``, ``predictions.npz``
+(validation and test probabilities of every member and the ensemble), ``splits.csv``,
+``unreadable.csv``, ``duplicates.csv`` and each member's ``history.csv``, redraws the plots
+and writes the same content twice: Markdown (images linked) and self-contained HTML (images
+embedded as base64 data URIs, inline CSS, no scripts).
+
+Example:
+    >>> write_report("runs/r1")          # or: histoedge report runs/r1
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from histoedge import HistoedgeError
+from training.metrics import TABLE_METRICS
+
+METRIC_TITLES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall (sensitivity)",
+                 "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC",
+                 "ece": "ECE"}
+
+
+class ReportError(HistoedgeError):
+    """A run directory that lacks what the report needs."""
+
+
+def load_predictions(run_dir) -> dict:
+    """``{"classes", "members", "val_labels", "test_labels", "val": {name: P}, "test": {name: P}}``."""
+    path = Path(run_dir) / "predictions.npz"
+    if not path.is_file():
+        raise ReportError(f"{path} not found: is {run_dir} a finished run directory?")
+    with np.load(path, allow_pickle=False) as data:
+        result = {"classes": [str(c) for c in data["classes"]], "members": [str(m) for m in data["members"]],
+                  "val_labels": data["val_labels"], "test_labels": data["test_labels"], "val": {}, "test": {}}
+        for key in data.files:
+            split, _, name = key.partition("__")
+            if split in ("val", "test") and name:
+                result[split][name] = data[key]
+    return result
+
+
+def save_predictions(run_dir, *, classes, members, val_labels, test_labels, val: dict, test: dict) -> Path:
+    """Write ``RUN/predictions.npz`` (keys ``val__<name>``, ``test__<name>``, labels, names)."""
+    arrays = {"classes": np.asarray(classes, dtype=str), "members": np.asarray(members, dtype=str),
+              "val_labels": np.asarray(val_labels), "test_labels": np.asarray(test_labels)}
+    arrays.update({f"val__{name}": np.asarray(p, np.float32) for name, p in val.items()})
+    arrays.update({f"test__{name}": np.asarray(p, np.float32) for name, p in test.items()})
+    path = Path(run_dir) / "predictions.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def _read_csv(path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def dataset_summary(run_dir, classes) -> dict:
+    """Images per class and split, patients per split and skipped files, from the run's CSV files."""
+    run_dir = Path(run_dir)
+    rows = _read_csv(run_dir / "splits.csv")
+    counts: dict = defaultdict(Counter)
+    patients: dict = defaultdict(set)
+    for row in rows:
+        label = row.get("label", "")
+        if label.isdigit() and int(label) < len(classes):
+            label = classes[int(label)]
+        counts[row.get("split", "")][label] += 1
+        if row.get("patient"):
+            patients[row.get("split", "")].add(row["patient"])
+    splits = [s for s in ("train", "val", "test") if s in counts]
+    return {"classes": list(classes), "n_images": len(rows),
+            "per_split": {s: {"n": sum(counts[s].values()), "per_class": {c: counts[s][c] for c in classes},
+                              "patients": len(patients[s])} for s in splits},
+            "per_class": {c: sum(counts[s][c] for s in splits) for c in classes},
+            "unreadable": len(_read_csv(run_dir / "unreadable.csv")),
+            "duplicates": len(_read_csv(run_dir / "duplicates.csv"))}
+
+
+def draw_plots(run_dir, metrics: dict, predictions: dict) -> dict:
+    """Redraw every plot of the run; returns ``{"roc", "reliability", "confusion": {...}, "history": {...}}``."""
+    from training import plots
+
+    run_dir = Path(run_dir)
+    names = predictions["members"] + (["ensemble"] if "ensemble" in predictions["test"] else [])
+    curves = {n: (predictions["test_labels"], predictions["test"][n]) for n in names if n in predictions["test"]}
+    drawn = {"roc": plots.plot_roc(curves, run_dir / "plots" / "roc.png"),
+             "reliability": plots.plot_reliability(curves, run_dir / "plots" / "reliability.png"),
+             "confusion": {}, "history": {}}
+    for name in names:
+        model = metrics["models"].get(name)
+        if model is None:
+            continue
+        where = run_dir / "plots" if name == "ensemble" else run_dir / "members" / name / "plots"
+        threshold = model.get("threshold")
+        title = f"{name} (test, threshold {threshold:.3f})" if threshold is not None else f"{name} (test, arg-max)"
+        filename = "confusion_ensemble.png" if name == "ensemble" else "confusion.png"
+        drawn["confusion"][name] = plots.plot_confusion(model["test"]["confusion_matrix"], predictions["classes"],
+                                                        where / filename, title)
+        history = run_dir / "members" / name / "history.csv"
+        if name != "ensemble" and history.is_file():
+            drawn["history"][name] = plots.plot_history(plots.read_history(history), where / "training_curves.png",
+                                                        f"{name}: training curves")
+    if "ensemble" in drawn["confusion"]:
+        # The overview copies under RUN/plots make the folder complete on its own.
+        for name, path in list(drawn["confusion"].items()):
+            if name != "ensemble":
+                (run_dir / "plots" / f"confusion_{name}.png").write_bytes(Path(path).read_bytes())
+    return drawn
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.3f}"
+    if ci:
+        text += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+    return text
+
+
+def _metrics_table(models: dict, key: str) -> tuple[list, list]:
+    header = ["Model", "Threshold"] + [METRIC_TITLES[m] for m in TABLE_METRICS]
+    rows = []
+    for name, model in models.items():
+        result = model.get(key)
+        if not result:
+            continue
+        threshold = result.get("threshold")
+        rows.append([name, "arg-max" if threshold is None else f"{threshold:.3f}"]
+                    + [_fmt(result.get(m), result.get("ci", {}).get(m)) for m in TABLE_METRICS])
+    return header, rows
+
+
+def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tuple]:
+    """The report as neutral blocks: ("h", level, text), ("p", text), ("table", header, rows), ("img", path, alt)."""
+    run_dir = Path(run_dir)
+    classes = summary["classes"]
+    blocks: list[tuple] = [("h", 1, f"histoedge run report: {run_dir.name}")]
+    binary = len(classes) == 2
+    decision = (f"Decision threshold on P({classes[1]}) chosen on the validation split as the highest threshold "
+                f"with validation sensitivity >= {metrics.get('target_sensitivity')}: "
+                f"ensemble threshold {_fmt(metrics.get('threshold'))}."
+                if binary else "Multi-class: the predicted class is the arg-max of the probabilities.")
+    blocks.append(("p", f"Method: {metrics.get('method')}; members: {', '.join(metrics.get('members', []))}; "
+                        f"classes: {', '.join(classes)}; image size {metrics.get('image_size')} px. {decision}"))
+    blocks.append(("h", 2, "Dataset"))
+    split_names = list(summary["per_split"])
+    header = ["Class"] + split_names + ["total"]
+    rows = [[c] + [str(summary["per_split"][s]["per_class"][c]) for s in split_names] + [str(summary["per_class"][c])]
+            for c in classes]
+    rows.append(["images"] + [str(summary["per_split"][s]["n"]) for s in split_names] + [str(summary["n_images"])])
+    if any(summary["per_split"][s]["patients"] for s in split_names):
+        rows.append(["patients"] + [str(summary["per_split"][s]["patients"]) for s in split_names]
+                    + [str(sum(summary["per_split"][s]["patients"] for s in split_names))])
+    blocks.append(("table", header, rows))
+    blocks.append(("p", f"Files skipped: {summary['unreadable']} unreadable (unreadable.csv), "
+                        f"{summary['duplicates']} duplicates (duplicates.csv). "
+                        + ("Splits are grouped by patient: no patient is in two splits."
+                           if any(summary["per_split"][s]["patients"] for s in split_names)
+                           else "Images carry no patient id, so splits are at image level.")))
+    blocks.append(("h", 2, "Test metrics"))
+    rounds = next(iter(metrics["models"].values()))["test"].get("bootstrap_rounds", 0)
+    where = ("at each model's validation-chosen threshold" if binary
+             else "arg-max decisions, metrics macro-averaged over classes (AUCs one-vs-rest)")
+    blocks.append(("p", f"Test split, {where}; in brackets the 95% percentile bootstrap interval ({rounds} "
+                        "resamples of test images). ECE: 15 equal-width bins of arg-max confidence (resampling "
+                        "inflates ECE, so its interval can sit above the point estimate)."))
+    blocks.append(("table", *_metrics_table(metrics["models"], "test")))
+    if binary:
+        blocks.append(("h", 3, "At threshold 0.5"))
+        blocks.append(("table", *_metrics_table(metrics["models"], "test_at_0.5")))
+    else:
+        final = "ensemble" if "ensemble" in metrics["models"] else next(reversed(metrics["models"]))
+        per_class = metrics["models"][final]["test"].get("per_class", {})
+        blocks.append(("h", 3, f"{final.capitalize()} per class"))
+        blocks.append(("table", ["Class", "Precision", "Recall", "Specificity", "F1", "ROC-AUC", "Support"],
+                       [[c, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["specificity"]), _fmt(v["f1"]),
+                         _fmt(v["roc_auc"]), str(v["support"])] for c, v in per_class.items()]))
+    blocks.append(("h", 2, "ROC curves and calibration"))
+    blocks.append(("img", drawn["roc"], "ROC curves on the test split"))
+    blocks.append(("img", drawn["reliability"], "Reliability diagram on the test split"))
+    blocks.append(("h", 2, "Confusion matrices (test)"))
+    for name, path in drawn["confusion"].items():
+        blocks.append(("img", path, f"Confusion matrix: {name}"))
+    blocks.append(("h", 2, "Training curves"))
+    for name, path in drawn["history"].items():
+        blocks.append(("img", path, f"Training curves: {name}"))
+    return blocks
+
+
+def render_markdown(blocks, run_dir) -> str:
+    lines = []
+    for block in blocks:
+        if block[0] == "h":
+            lines += ["#" * block[1] + " " + block[2], ""]
+        elif block[0] == "p":
+            lines += [block[1], ""]
+        elif block[0] == "table":
+            header, rows = block[1], block[2]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+        elif block[0] == "img":
+            lines += [f"![{block[2]}]({Path(block[1]).relative_to(run_dir).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+       "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+       "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+       "th{background:#f0f0f0}img{max-width:100%;display:block;margin:0.5em 0}")
+
+
+def render_html(blocks) -> str:
+    out = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">",
+           f"<title>{html.escape(blocks[0][2])}</title><style>{CSS}</style></head><body>"]
+    for block in blocks:
+        if block[0] == "h":
+            out.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif block[0] == "p":
+            out.append(f"<p>{html.escape(block[1])}</p>")
+        elif block[0] == "table":
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2]]
+            out.append("</table>")
+        elif block[0] == "img":
+            data = base64.b64encode(Path(block[1]).read_bytes()).decode("ascii")
+            out.append(f"<img alt=\"{html.escape(block[2])}\" src=\"data:image/png;base64,{data}\">")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(run_dir) -> tuple[Path, Path]:
+    """Regenerate plots, ``report.md`` and ``report.html`` in ``run_dir``; returns their paths."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise ReportError(f"{metrics_path} not found: is {run_dir} a finished run directory?")
+    metrics = json.loads(metrics_path.read_text())
+    predictions = load_predictions(run_dir)
+    if metrics.get("method") == "single":
+        # The "ensemble" of a single-model run is that model: show it once.
+        metrics = {**metrics, "models": {k: v for k, v in metrics["models"].items() if k != "ensemble"}}
+        predictions["test"].pop("ensemble", None)
+    summary = dataset_summary(run_dir, predictions["classes"])
+    drawn = draw_plots(run_dir, metrics, predictions)
+    blocks = build_blocks(run_dir, metrics, summary, drawn)
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path.write_text(render_markdown(blocks, run_dir))
+    html_path.write_text(render_html(blocks))
+    return md_path, html_path
+
+
+def cli_report(args) -> int:
+    """``histoedge report RUN``."""
+    md_path, html_path = write_report(args.run)
+    print(f"wrote {md_path} and {html_path}")
+    return 0
