@@ -93,7 +93,7 @@ def _tile_specs(rng: np.random.Generator, plan) -> tuple[list[TileSpec], list[tu
     for (label, subtype, count), pid in zip(plan, ids):
         malignant = label == "malignant"
         # patient-level grade and stain: the between-patient spread makes the task non-trivial
-        patient_grade = rng.normal(0.68 if malignant else 0.24, 0.06)
+        patient_grade = rng.normal(0.70 if malignant else 0.22, 0.05)
         stain = rng.normal(0.0, 1.0, 6)
         mags = np.resize(MAGNIFICATIONS, count)
         seq = {m: 0 for m in MAGNIFICATIONS}

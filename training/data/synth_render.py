@@ -23,7 +23,7 @@ _GRADE_SHIFT = {"A": 0.0, "F": -0.04, "PT": 0.03, "TA": 0.0,
 _MODES = ("sheet", "glands", "rows", "spindle", "clusters", "papillary")
 # how often a tile shows its subtype's typical architecture; the rest borrow another one,
 # so nuclear features, not architecture alone, separate the classes
-_TYPICAL = 0.55
+_TYPICAL = 0.35
 _H_VEC = np.array([0.65, 0.70, 0.29])
 _E_VEC = np.array([0.07, 0.90, 0.43])
 _H_MAX = 2.4  # haematoxylin density stored as uint8 0..255 on the drawing canvas

@@ -137,3 +137,16 @@ def test_importing_training_data_does_not_import_tensorflow():
     code = ("import sys, training.data as d; d.AugmentConfig(); d.load_dataset; d.split_dataset; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_augment_batch_handles_two_image_sizes_in_one_process():
+    import numpy as np
+
+    from training.data.augment import AugmentConfig, augment_batch
+
+    config = AugmentConfig()
+    for size in (24, 40):
+        images = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype("float32")
+        out = augment_batch(images, config, seed=[1, 2]).numpy()
+        assert out.shape == (2, size, size, 3)
+        assert not np.allclose(out, images)
