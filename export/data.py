@@ -110,38 +110,11 @@ def image_paths(folder: Path) -> list[Path]:
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
-                           threshold: float | None, positive_class: int | None) -> dict[str, float | None]:
-    """ROC-AUC, accuracy, balanced accuracy, macro F1 (+ sensitivity/specificity when binary)."""
-    from sklearn import metrics  # noqa: PLC0415
+                           threshold: float | None, positive_class: int | None) -> dict:
+    """Test metrics computed exactly as the training report computes them (:mod:`training.metrics`)."""
+    from training.metrics import classification_metrics as compute  # noqa: PLC0415
 
     if len(labels) == 0:
         return {}
-    p = np.asarray(probabilities, dtype=np.float64)
-    binary = p.shape[1] == 2 and positive_class is not None
-    if binary:
-        cut = 0.5 if threshold is None else threshold
-        predicted = np.where(p[:, positive_class] >= cut, positive_class, 1 - positive_class)
-    else:
-        predicted = p.argmax(axis=1)
-    result: dict[str, float | None] = {
-        "n": int(len(labels)),
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predicted)),
-        "f1_macro": float(metrics.f1_score(labels, predicted, average="macro", zero_division=0)),
-        "roc_auc": None,
-    }
-    present = np.unique(labels)
-    try:
-        if binary and len(present) == 2:
-            result["roc_auc"] = float(metrics.roc_auc_score(labels == positive_class, p[:, positive_class]))
-        elif len(present) == p.shape[1]:
-            normalised = p / p.sum(axis=1, keepdims=True)
-            result["roc_auc"] = float(metrics.roc_auc_score(labels, normalised, multi_class="ovr"))
-    except ValueError as error:
-        log.warning("ROC-AUC undefined: %s", error)
-    if binary:
-        positive = labels == positive_class
-        hit = predicted == positive_class
-        result["sensitivity"] = float(hit[positive].mean()) if positive.any() else None
-        result["specificity"] = float((~hit[~positive]).mean()) if (~positive).any() else None
-    return result
+    return compute(labels, probabilities, threshold=threshold,
+                   positive_class=1 if positive_class is None else positive_class)
