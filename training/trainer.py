@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,20 @@ def _check_split(name: str, data, num_classes: int) -> tuple[np.ndarray, np.ndar
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ConfigError(f"{name} labels must be class indices in [0, {num_classes})")
     return images, labels
+
+
+def member_seed(seed: int, recipe_name: str) -> int:
+    """The random seed of one ensemble member: the run's seed mixed with the recipe's name.
+
+    Members that share an architecture would otherwise start from identical weights and see
+    identical batches, which makes them agree more and the ensemble gain less.  Mixing in the
+    name (not the member's position) keeps a member's seed when others are added or removed.
+
+    Example::
+
+        member_seed(0, "ldam") != member_seed(0, "focal")
+    """
+    return (int(seed) * 1_000_003 + zlib.crc32(recipe_name.encode())) % (2**31 - 1)
 
 
 def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
@@ -82,10 +97,11 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
         raise ConfigError(f"training.epochs and training.batch_size must be >= 1, "
                           f"got {epochs}, {batch_size}")
 
-    keras.utils.set_random_seed(cfg.seed)
+    seed = member_seed(cfg.seed, recipe.name)
+    keras.utils.set_random_seed(seed)
     x_train, y_train, class_weight = apply_imbalance(
         recipe.imbalance, x_train, y_train, num_classes, method=recipe.oversample_method,
-        seed=cfg.seed)
+        seed=seed)
     counts = class_counts(y_train, num_classes)
     log.info("member %s: %d training images per class %s", recipe.name, len(y_train), counts.tolist())
 
@@ -121,9 +137,9 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
             verbose=int(verbose > 0)))
 
     train_ds = make_tf_dataset(x_train, y_train, num_classes, batch_size=batch_size, training=True,
-                               augment=cfg.augmentation, seed=cfg.seed)
+                               augment=cfg.augmentation, seed=seed)
     val_ds = make_tf_dataset(x_val, y_val, num_classes, batch_size=batch_size, training=False,
-                             augment=None, seed=cfg.seed)
+                             augment=None, seed=seed)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
               callbacks=callbacks, shuffle=False, verbose=verbose)
     save_model(model, out_dir / "model.keras")

@@ -175,3 +175,12 @@ def test_fit_gets_class_weights_and_drw_aware_early_stopping(tmp_path, monkeypat
     stopper = seen["callbacks"][names.index("EarlyStopping")]
     assert drw.start_epoch == 8 == stopper.start_from_epoch  # 80% of 10 epochs
     assert (tmp_path / "ldam" / "model.keras").is_file()
+
+
+def test_member_seeds_differ_by_recipe_and_are_stable():
+    from training.trainer import member_seed
+
+    assert member_seed(0, "ldam") == member_seed(0, "ldam")
+    assert len({member_seed(0, name) for name in ("ldam", "class_weight", "oversample", "focal")}) == 4
+    assert member_seed(0, "ldam") != member_seed(1, "ldam")
+    assert 0 <= member_seed(2**40, "x") < 2**31 - 1
