@@ -87,7 +87,9 @@ def test_imbalance_and_augmentation_touch_training_data_only(trained):
     np.testing.assert_array_equal(val_x, trained["val"][0])
     np.testing.assert_array_equal(val_y, trained["val"][1])
     assert val_kw["augment"] is None and train_kw["augment"] == trained["config"].augmentation
-    assert train_kw["seed"] == 7
+    from training.trainer import member_seed
+
+    assert train_kw["seed"] == val_kw["seed"] == member_seed(7, "ldam_os")
 
 
 def test_loss_smoothing_drw_and_clipping_are_applied(trained):
