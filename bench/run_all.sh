@@ -4,6 +4,7 @@
 #   bash bench/run_all.sh            full run
 #   bash bench/run_all.sh --quick    smoke run (tiny counts, results/*.quick.*)
 #   PYTHON=/path/to/venv/bin/python bash bench/run_all.sh    another interpreter
+#   BENCH_RUN=demo/run bash bench/run_all.sh   also fp32 vs int8 test ROC-AUC on a trained run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Interpreter: $PYTHON if set, else the project venv .venv/, else an active venv, else python.
@@ -41,6 +42,13 @@ if [ -f bench/bench_quantization.py ]; then
     else
         echo "(bench_quantization has no --quick: skipped in the smoke run)"
     fi
+fi
+if [ -z "$QUICK" ] && [ -n "${BENCH_RUN:-}" ]; then
+    # Test ROC-AUC of fp32 vs int8 needs trained weights: BENCH_RUN names a trained run directory
+    # (e.g. the demo's demo/run). Its results go to bench/results/trained/.
+    echo "=== bench/bench_quantization.py --run $BENCH_RUN ==="
+    "$PY" bench/bench_quantization.py --run "$BENCH_RUN" --calibration 200 \
+        --out bench/results/trained || { echo "!!! bench_quantization --run failed" >&2; status=1; }
 fi
 run bench.bench_pipeline
 run bench.bench_scaling

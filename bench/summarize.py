@@ -102,6 +102,10 @@ def summarize(quick: bool = False) -> str:
             parts.append(nest_headings(path.read_text().strip()) + "\n")
         else:
             missing.append(name)
+    trained = RESULTS_DIR / "trained" / f"quantization{suffix}.md"
+    if trained.exists():
+        parts.append("### Quantisation on a trained run (test ROC-AUC)\n\n"
+                     + nest_headings(trained.read_text().strip(), top=4) + "\n")
     if missing:
         parts.append(f"_Not measured in this run: {', '.join(missing)}._\n")
     return "\n".join(parts)
