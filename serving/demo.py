@@ -91,8 +91,15 @@ def _wait_healthy(server: subprocess.Popen, address: str) -> None:
 def _print_metrics(run: Path, version_dir: Path) -> None:
     manifest = json.loads((version_dir / "manifest.json").read_text())
     print(f"\nModel {manifest['name']} version {manifest['version']} ({manifest['precision']}), "
-          f"threshold {manifest.get('threshold')}")
-    print(json.dumps(manifest.get("metrics", {}), indent=2, sort_keys=True))
+          f"decision threshold {manifest.get('threshold')}; test split metrics:")
+    metrics = manifest.get("metrics", {})
+    columns = [name for name in ("fp32", manifest["precision"]) if name in metrics]
+    print(f"{'metric':<12}" + "".join(f"{name:>10}" for name in dict.fromkeys(columns)))
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "ece"):
+        values = [metrics[name].get(key) for name in dict.fromkeys(columns)]
+        if any(isinstance(v, (int, float)) for v in values):
+            print(f"{key:<12}" + "".join(f"{v:>10.4f}" if isinstance(v, (int, float)) else f"{'-':>10}"
+                                         for v in values))
     print(f"Full evaluation report: {run / 'report.md'}")
 
 

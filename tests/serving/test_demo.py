@@ -1,0 +1,35 @@
+"""``histoedge demo`` helpers: reuse of an earlier export, and the choice of held-out images."""
+
+import json
+
+from serving.demo import MODEL_NAME, _existing_export, _held_out_images
+
+
+def _write_version(repo, version, source, precision):
+    folder = repo / MODEL_NAME / str(version)
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"precision": precision, "source": str(source)}))
+    return folder
+
+
+def test_existing_export_finds_the_newest_version_of_the_same_run_and_precision(tmp_path):
+    repo, run, other = tmp_path / "models", tmp_path / "run", tmp_path / "other"
+    _write_version(repo, 1, run, "int8")
+    newest = _write_version(repo, 3, run, "int8")
+    _write_version(repo, 4, run, "fp32")
+    _write_version(repo, 5, other, "int8")
+    (repo / MODEL_NAME / ".tmp-6-123").mkdir()  # an export in progress is not a version
+    assert _existing_export(repo, run, "int8") == newest
+    assert _existing_export(repo, run, "fp16") is None
+    assert _existing_export(tmp_path / "empty", run, "int8") is None
+
+
+def test_held_out_images_come_from_the_test_split_and_alternate_classes(tmp_path):
+    rows = ["path,label,patient,split"]
+    rows += [f"/train/{i}.png,benign,p1,train" for i in range(3)]
+    rows += [f"/test/b{i}.png,benign,p2,test" for i in range(3)]
+    rows += [f"/test/m{i}.png,malignant,p3,test" for i in range(2)]
+    (tmp_path / "splits.csv").write_text("\n".join(rows) + "\n")
+    picked = _held_out_images(tmp_path, 5)
+    assert picked == ["/test/b0.png", "/test/m0.png", "/test/b1.png", "/test/m1.png", "/test/b2.png"]
+    assert len(_held_out_images(tmp_path, 50)) == 5
