@@ -24,14 +24,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def read_image(path: Path, size: int) -> np.ndarray | None:
-    """RGB uint8 [size, size, 3], or ``None`` if OpenCV cannot decode the file."""
-    import cv2  # noqa: PLC0415
+    """RGB uint8 [size, size, 3] decoded exactly as training decodes it, or ``None`` if it cannot be."""
+    from training.data.images import decode_image  # noqa: PLC0415
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
+    try:
+        return decode_image(Path(path).read_bytes(), size)
+    except (OSError, ValueError):
         return None
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def read_images(paths: list[Path], size: int) -> tuple[np.ndarray, list[int]]:
