@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="folder to write (created)")
     synth.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
     synth.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
-    synth.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
+    synth.add_argument("--patients", type=int, default=None,
+                       help="number of patients (default 82, as BreakHis; fewer when --n is "
+                            "under 410, so that each patient has at least 5 images)")
     synth.add_argument("--malignant-fraction", type=float, default=0.69,
                        help="fraction of malignant patients' images (default 0.69, as BreakHis)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -86,6 +86,9 @@ class CNNConfig:
         head_dropout: dropout before every head dense layer, including the output (0 = off;
             the seed tutorials use 0.5).
         batch_norm: BatchNormalization after every conv and hidden dense layer (before ReLU).
+        batch_norm_momentum: momentum of the moving statistics. 0.9, not Keras's 0.99: a run
+            of a thousand images has ~16 steps an epoch, and at 0.99 the statistics used for
+            validation lag so far behind that early stopping kept a constant predictor.
         regularizer: kernel regulariser on every conv/dense kernel: None, "l1", "l2" or "l1_l2".
         l1, l2: strengths of the L1 and L2 penalties.
         max_norm: if set, a MaxNorm(max_norm) kernel constraint on every conv/dense kernel.
@@ -100,6 +103,7 @@ class CNNConfig:
     dense_units: list[int] = field(default_factory=lambda: [256, 128])
     head_dropout: float = 0.0
     batch_norm: bool = False
+    batch_norm_momentum: float = 0.9
     regularizer: str | None = None
     l1: float = 1e-4
     l2: float = 1e-4

@@ -73,6 +73,16 @@ def test_dropout_batchnorm_and_global_pool_switches():
     assert "GlobalAveragePooling2D" in layer_types(model) and "Flatten" not in layer_types(model)
 
 
+def test_batch_norm_statistics_follow_short_runs():
+    # Keras's 0.99 left validation statistics so stale after a few dozen steps that early
+    # stopping restored a constant predictor; the config's default must reach the layers.
+    model = build_cnn(CNNConfig(**TINY, batch_norm=True), 2, 32)
+    momenta = {l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    assert momenta == {CNNConfig().batch_norm_momentum} and CNNConfig().batch_norm_momentum < 0.99
+    with pytest.raises(ConfigError, match="batch_norm_momentum"):
+        build_cnn(CNNConfig(**TINY, batch_norm=True, batch_norm_momentum=1.0), 2, 32)
+
+
 def test_max_norm_constraint_holds_after_a_training_step():
     config = CNNConfig(**TINY, max_norm=0.05)
     model = build_cnn(config, 2, 32)

@@ -39,6 +39,18 @@ def test_builtins_are_listed_and_follow_the_seed():
         get_recipe("smote", config)
 
 
+def test_ensemble_members_differ_in_regulariser_and_a_config_recipe_can_undo_one():
+    config = load_config()
+    resolved = {name: get_recipe(name, config).resolve(config) for name in config.ensemble.members}
+    packages = {name: (c.model.batch_norm, c.model.regularizer, c.model.head_dropout,
+                       c.training.label_smoothing) for name, c in resolved.items()}
+    assert len(set(packages.values())) == len(packages), packages
+    assert resolved["ldam"].model.batch_norm and resolved["class_weight"].model.regularizer == "l2"
+    assert resolved["focal"].training.label_smoothing == 0.1
+    plain = load_config(overrides=["recipes.ldam_plain={base: ldam, regularisation: {batch_norm: false}}"])
+    assert get_recipe("ldam_plain", plain).resolve(plain).model.batch_norm is False
+
+
 @pytest.mark.parametrize("num_classes", [2, 3])
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_every_builtin_trains_one_epoch(tmp_path, name, num_classes):

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 BENIGN_SUBTYPES = ("A", "F", "PT", "TA")
 MALIGNANT_SUBTYPES = ("DC", "LC", "MC", "PC")
 _YEAR = "14"
+BREAKHIS_PATIENTS = 82
 
 
 @dataclass
@@ -117,7 +118,7 @@ def breakhis_path(root: Path, label: str, subtype: str, pid: str, mag: int, seq:
     return patient_dir / f"SOB_{letter}_{subtype}-{_YEAR}-{pid}-{mag}-{seq:03d}.png"
 
 
-def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patients: int = 40,
+def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patients: int | None = None,
                        malignant_fraction: float = 0.69, seed: int = 0) -> SynthSummary:
     """Write ``n`` synthetic H&E tiles as PNG in the BreakHis layout under ``out``.
 
@@ -125,7 +126,8 @@ def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patien
         out: folder to create; ``out/BreaKHis_v1/...`` is written inside it.
         n: number of images.
         size: image side in pixels.
-        patients: number of patients; every patient gets one label and one subtype.
+        patients: number of patients; every patient gets one label and one subtype. None: 82,
+            as BreakHis, or ``n // 5`` when that is smaller, so each patient has >= 5 images.
         malignant_fraction: fraction of images (and patients) that are malignant.
         seed: random seed; the same seed writes byte-identical files.
 
@@ -139,6 +141,8 @@ def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patien
     """
     import cv2
 
+    if patients is None:
+        patients = max(2, min(BREAKHIS_PATIENTS, n // 5))
     if n < 2 or patients < 2 or patients > n:
         raise DataError("--n must be at least 2 and --patients between 2 and --n")
     if size < 16:

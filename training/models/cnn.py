@@ -53,6 +53,8 @@ def _validate(config: CNNConfig, num_classes: int, image_size: int) -> None:
                           f"there are only {len(config.filters)} blocks (model.filters)")
     if config.first_padding not in ("valid", "same"):
         raise ConfigError(f"model.first_padding must be 'valid' or 'same', got {config.first_padding!r}")
+    if not 0.0 < config.batch_norm_momentum < 1.0:
+        raise ConfigError(f"model.batch_norm_momentum must be in (0, 1), got {config.batch_norm_momentum}")
     smallest = config.kernel_size if config.first_padding == "valid" else 1
     if image_size < smallest:
         raise ConfigError(f"image size {image_size} is smaller than the first kernel ({smallest})")
@@ -83,7 +85,7 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
         if padding == "valid":
             size = size - config.kernel_size + 1
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"bn{block}")(x)
+            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum, name=f"bn{block}")(x)
         x = keras.layers.Activation(config.activation, name=f"act{block}")(x)
         # Pool only while the map is big enough, so small inputs (32 px) still build.
         if size >= 2:
@@ -102,7 +104,8 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
         x = keras.layers.Dense(units, use_bias=not config.batch_norm, name=f"dense{index}",
                                **_kernel_options(config, conv=False))(x)
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"dense_bn{index}")(x)
+            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
+                                                    name=f"dense_bn{index}")(x)
         x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
     if config.head_dropout > 0:
         x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)

@@ -22,6 +22,7 @@ OVERSAMPLE_METHODS = ("smote", "random")
 # regularisation key -> config section it lives in
 REGULARISATION_KEYS = {
     "block_dropout": "model", "head_dropout": "model", "batch_norm": "model",
+    "batch_norm_momentum": "model",
     "regularizer": "model", "l1": "model", "l2": "model", "max_norm": "model",
     "label_smoothing": "training", "clipnorm": "optimizer", "clipvalue": "optimizer",
     "weight_decay": "optimizer",

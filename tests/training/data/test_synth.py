@@ -94,6 +94,15 @@ def test_cli_writes_dataset_and_prints_summary(tmp_path, capsys):
     assert len(_files(out)) == 24
 
 
+def test_default_patients_mirror_breakhis_and_shrink_for_small_sets(tmp_path, capsys):
+    assert histoedge.main(["data", "synth", "--out", str(tmp_path / "small"), "--n", "40",
+                           "--size", "16"]) == 0
+    assert "wrote 40 images from 8 patients" in capsys.readouterr().out
+    assert histoedge.main(["data", "synth", "--out", str(tmp_path / "big"), "--n", "500",
+                           "--size", "16"]) == 0
+    assert "wrote 500 images from 82 patients" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n=10, patients=20), "--patients"),
     (dict(n=10, patients=4, size=8), "too small"),
