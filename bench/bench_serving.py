@@ -311,7 +311,8 @@ def where_time_goes(results: dict[str, Any]) -> str:
                          f"{max(raw_ips, key=raw_ips.get)}).")
         lines.append(f"  CPU per request at c=1 in the sweep: server {c1['server_cpu_ms_per_request']:.2f} ms vs raw "
                      f"onnxruntime {raw_cpu[1]:.2f} ms per image at batch 1 (not interleaved). Batching "
-                     f"headroom: at its best batch ({best_batch}) raw onnxruntime needs {raw_cpu[best_batch]:.2f} CPU ms per image, so merging requests can save at most "
+                     f"headroom: at its best batch ({best_batch}) raw onnxruntime needs "
+                     f"{raw_cpu[best_batch]:.2f} CPU ms per image, so merging requests can save at most "
                      f"{1 - raw_cpu[best_batch] / raw_cpu[1]:.0%} of the model's time on this CPU; beyond that "
                      f"batching only amortises the per-request serving work.")
         if c1_png:

@@ -104,8 +104,7 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
         x = keras.layers.Dense(units, use_bias=not config.batch_norm, name=f"dense{index}",
                                **_kernel_options(config, conv=False))(x)
         if config.batch_norm:
-            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum,
-                                                    name=f"dense_bn{index}")(x)
+            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum, name=f"dense_bn{index}")(x)
         x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
     if config.head_dropout > 0:
         x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)

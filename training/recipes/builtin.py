@@ -9,13 +9,13 @@ Each member pairs an imbalance strategy with one of the regularisers of the seed
 - ``oversample``: SMOTE on the training split only (``oversample_method: random`` selectable);
   the seed's own block dropout.
 - ``focal``: focal loss, alpha 0.25, gamma 2; label smoothing 0.1.
+- ``baseline``: plain cross-entropy, no imbalance handling (the seed's "custom loss" model).
+- ``seed_margin_bce``: the seed's so-called LDAM (positive class weighted by 1 + 0.4), to compare.
 
 Why the regularisers differ: with one shared architecture and regulariser the four members
 ranked test images almost identically (Spearman 0.98-0.99 on synthetic patient-level splits),
 so stacking had nothing to combine and landed between the members.  With the regularisers
 spread over the members, the stacked ensemble beat every member on the same splits.
-- ``baseline``: plain cross-entropy, no imbalance handling (the seed's "custom loss" model).
-- ``seed_margin_bce``: the seed's so-called LDAM (positive class weighted by 1 + 0.4), to compare.
 """
 
 from __future__ import annotations
