@@ -37,9 +37,11 @@ RUN set -eux; \
 # wheel: builds the histoedge wheel from the source tree (the only stage that sees the sources).
 FROM python-base AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-# Only what the distribution contains (pyproject: histoedge.py and training*, export*, serving*),
-# so edits to the Dockerfile, docker/ or tests do not rebuild the wheel and the venvs after it.
-COPY pyproject.toml README.md histoedge.py /src/
+# Only what the distribution contains (pyproject: histoedge/ and the stage folders installed as
+# histoedge.training, histoedge.export and histoedge.serving), so edits to the Dockerfile, docker/
+# or tests do not rebuild the wheel and the venvs after it.
+COPY pyproject.toml README.md /src/
+COPY histoedge /src/histoedge
 COPY training /src/training
 COPY export /src/export
 COPY serving /src/serving

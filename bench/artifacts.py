@@ -74,7 +74,8 @@ def ensure_run(image_size: int, members: int = 4, *, name: str | None = None) ->
         return run
     import keras
 
-    from training.models import CNNConfig, build_cnn
+    from histoedge.training.models import CNNConfig
+    from histoedge.training.models.cnn import build_cnn
 
     tmp = run.with_name(run.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +136,7 @@ def ensure_repo(run: Path, name: str, precision: str, *, versions: int = 1) -> P
         tmp.rename(base)
     if versions == 1:
         return base
-    from export.manifest import Manifest
+    from histoedge.export.manifest import Manifest
 
     for version in range(1, versions + 1):
         target = repo / name / str(version)

@@ -50,7 +50,7 @@ def image_data_generator():
 
 
 def our_augment_config():
-    from training.data.augment import AugmentConfig
+    from histoedge.training.data.augment import AugmentConfig
 
     return AugmentConfig(rotation=20.0, horizontal_flip=True, vertical_flip=True, zoom=0.2, shear=0.2,
                          width_shift=0.2, height_shift=0.2, brightness=0.0, contrast=0.0, stain=0.0,
@@ -58,15 +58,15 @@ def our_augment_config():
 
 
 def ours(images: np.ndarray, labels: np.ndarray, batch_size: int):
-    from training.data.pipeline import make_tf_dataset
+    from histoedge.training.data.pipeline import make_tf_dataset
 
     return make_tf_dataset(images, labels, 2, batch_size=batch_size, training=True,
                            augment=our_augment_config(), seed=0)
 
 
 def ours_without_augmentation(images: np.ndarray, labels: np.ndarray, batch_size: int):
-    from training.data.augment import AugmentConfig
-    from training.data.pipeline import make_tf_dataset
+    from histoedge.training.data.augment import AugmentConfig
+    from histoedge.training.data.pipeline import make_tf_dataset
 
     return make_tf_dataset(images, labels, 2, batch_size=batch_size, training=True,
                            augment=AugmentConfig.none(), seed=0)
@@ -110,7 +110,8 @@ def pipeline_throughput(size: int, n: int, batch_size: int) -> dict[str, Any]:
 def epoch_times(size: int, n: int, batch_size: int, epochs: int) -> dict[str, Any]:
     import keras
 
-    from training.models import CNNConfig, build_cnn
+    from histoedge.training.models import CNNConfig
+    from histoedge.training.models.cnn import build_cnn
 
     images = synthetic_images(n, size, seed=4)
     labels = np.arange(n) % 2

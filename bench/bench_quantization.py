@@ -66,9 +66,9 @@ def seed_cnn(size: int, seed: int):
 
 def build(args):
     """(fp32 model, spec, member ONNX list, calibration images, test images, test labels)."""
-    from export import data
-    from export.convert import KerasMember, convert_member, load_keras_model
-    from export.graph import EnsembleSpec, build_ensemble_model
+    from histoedge.export import data
+    from histoedge.export.convert import KerasMember, convert_member, load_keras_model
+    from histoedge.export.graph import EnsembleSpec, build_ensemble_model
 
     rng = np.random.default_rng(0)
     if args.run:
@@ -106,10 +106,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated candidate names to try")
     args = parser.parse_args(argv)
 
-    from export.data import classification_metrics
-    from export.graph import build_ensemble_model
-    from export.quantize import Int8Settings, convert_fp16, quantize_int8
-    from export.verify import make_session, predict
+    from histoedge.export.data import classification_metrics
+    from histoedge.export.graph import build_ensemble_model
+    from histoedge.export.quantize import Int8Settings, convert_fp16, quantize_int8
+    from histoedge.export.verify import make_session, predict
 
     fp32, spec, converted, calibration, test_images, test_labels = build(args)
     variants = {"fp32": fp32}

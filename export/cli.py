@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     keras.add_argument("--input-scale", type=_scale, metavar="1/255|1",
                        help="factor from 0..255 pixels to the model's input (default: 1 if the "
                             "model has a Rescaling layer, else 1/255, i.e. the model takes 0..1)")
-    export.set_defaults(handler="export.package:cli_export")
+    export.set_defaults(handler="histoedge.export.package:cli_export")
 
     modes = export.add_subparsers(dest="export_command", metavar="verify")
     verify = modes.add_parser(
@@ -72,4 +72,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "must sum to 1. Exits non-zero on any mismatch.")
     verify.add_argument("path", metavar="DIR", help="version directory, e.g. models/breast/3")
     verify.add_argument("--batch-size", type=int, default=4, help="test batch size (default 4)")
-    verify.set_defaults(handler="export.verify:cli_verify")
+    verify.set_defaults(handler="histoedge.export.verify:cli_verify")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from export.repository import ExportError
+from histoedge.export.repository import ExportError
 
 log = logging.getLogger(__name__)
 

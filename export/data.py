@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.repository import ExportError
+from histoedge.export.repository import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 def read_image(path: Path, size: int) -> np.ndarray | None:
     """RGB uint8 [size, size, 3] decoded exactly as training decodes it, or ``None`` if it cannot be."""
-    from training.data.images import decode_image  # noqa: PLC0415
+    from histoedge.training.data.images import decode_image  # noqa: PLC0415
 
     try:
         return decode_image(Path(path).read_bytes(), size)
@@ -111,7 +111,7 @@ def image_paths(folder: Path) -> list[Path]:
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
                            threshold: float | None, positive_class: int | None) -> dict:
     """Test metrics computed exactly as the training report computes them (:mod:`training.metrics`)."""
-    from training.metrics import classification_metrics as compute  # noqa: PLC0415
+    from histoedge.training.metrics import classification_metrics as compute  # noqa: PLC0415
 
     if len(labels) == 0:
         return {}

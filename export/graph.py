@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from export.convert import MEMBER_INPUT, MEMBER_OUTPUT
-from export.repository import ExportError
+from histoedge.export.convert import MEMBER_INPUT, MEMBER_OUTPUT
+from histoedge.export.repository import ExportError
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"

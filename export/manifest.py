@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histoedge.export.errors import ManifestError
+
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 SCHEMA_VERSION = 1
 
-
-class ManifestError(ValueError):
-    """A manifest is missing, malformed, or does not match its model file."""
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 import histoedge
-from export import data
-from export.convert import DEFAULT_OPSET, KerasMember, convert_member, has_rescaling, load_keras_model
-from export.graph import EnsembleSpec, build_ensemble_model, set_metadata
-from export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, TensorSpec, sha256_file
-from export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
-from export.repository import ExportError, VersionWriter
-from export.verify import make_session, measure_latency, predict
+from histoedge.export import data
+from histoedge.export.convert import DEFAULT_OPSET, KerasMember, convert_member, has_rescaling, load_keras_model
+from histoedge.export.graph import EnsembleSpec, build_ensemble_model, set_metadata
+from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, TensorSpec, sha256_file
+from histoedge.export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
+from histoedge.export.repository import ExportError, VersionWriter
+from histoedge.export.verify import make_session, measure_latency, predict
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from export.graph import INPUT_NAME, META_PREFIX
-from export.repository import ExportError
+from histoedge.export.graph import INPUT_NAME, META_PREFIX
+from histoedge.export.repository import ExportError
 
 log = logging.getLogger(__name__)
 

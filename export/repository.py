@@ -28,7 +28,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from histoedge import HistoedgeError
+from histoedge.export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ LOCK_FILE = ".lock"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STAGING_PATTERN = re.compile(r"^\.tmp-\d+-(\d+)-[0-9a-f]+$")
 
-
-class ExportError(HistoedgeError):
-    """An export cannot proceed (bad input, existing version, failed check)."""
 
 
 def list_versions(model_dir: Path) -> list[int]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import MODEL_FILE, Manifest, ManifestError
-from export.repository import ExportError
+from histoedge.export.manifest import MODEL_FILE, Manifest, ManifestError
+from histoedge.export.repository import ExportError
 
 _ORT_TYPES = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)", "FP16": "tensor(float16)",
               "INT64": "tensor(int64)", "BYTES": "tensor(string)"}

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from serving.errors import DeadlineExceededError, QueueFullError, ServerClosingError
+from histoedge.serving.errors import DeadlineExceededError, QueueFullError, ServerClosingError
 
 log = logging.getLogger(__name__)
 

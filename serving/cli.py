@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         serve.add_argument(flag, type=kind, default=None, help=text)
     serve.add_argument("--no-batching", action="store_const", const=True, default=None,
                        help="run every request on its own")
-    serve.set_defaults(handler="serving.server:cli_serve")
+    serve.set_defaults(handler="histoedge.serving.server:cli_serve")
 
     classify = subparsers.add_parser(
         "classify", help="classify image files or folders with a running server")
@@ -60,11 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     classify.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     classify.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
-    classify.set_defaults(handler="serving.client:cli_classify")
+    classify.set_defaults(handler="histoedge.serving.client:cli_classify")
 
     check = subparsers.add_parser(
         "health", help="exit 0 only if the server's gRPC health check says SERVING")
     _add_tls_client_flags(check)
     check.set_defaults(timeout=5.0)
     check.add_argument("--service", default="", help="health service name (default: whole server)")
-    check.set_defaults(handler="serving.client:cli_health")
+    check.set_defaults(handler="histoedge.serving.client:cli_health")

@@ -20,10 +20,10 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from histoedge import HistoedgeError
-from serving import codecs
-from serving._proto import inference_pb2 as pb
-from serving._proto import inference_pb2_grpc as pb_grpc
-from serving.schema import Tensor
+from histoedge.serving import codecs
+from histoedge.serving._proto import inference_pb2 as pb
+from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
+from histoedge.serving.schema import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _MAX_MESSAGE = 64 * 1024 * 1024

@@ -18,9 +18,9 @@ import struct
 
 import numpy as np
 
-from serving._proto import inference_pb2 as pb
-from serving.errors import InvalidInputError
-from serving.schema import Tensor
+from histoedge.serving._proto import inference_pb2 as pb
+from histoedge.serving.errors import InvalidInputError
+from histoedge.serving.schema import Tensor
 
 # datatype -> (numpy dtype, InferTensorContents field)
 DATATYPES: dict[str, tuple[np.dtype, str | None]] = {

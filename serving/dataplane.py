@@ -12,12 +12,12 @@ import concurrent.futures
 import time
 
 import histoedge
-from serving.errors import (CancelledError, DeadlineExceededError, ServerClosingError,
+from histoedge.serving.errors import (CancelledError, DeadlineExceededError, ServerClosingError,
                             ServingError)
-from serving.metrics import ServerMetrics
-from serving.repository import ModelRegistry
-from serving.runtime import ModelVersion
-from serving.schema import InferenceRequest, InferenceResponse, ModelMetadata
+from histoedge.serving.metrics import ServerMetrics
+from histoedge.serving.repository import ModelRegistry
+from histoedge.serving.runtime import ModelVersion
+from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata
 
 SERVER_NAME = "histoedge"
 EXTENSIONS = ("health", "model_repository_polling")

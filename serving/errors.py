@@ -19,6 +19,12 @@ class ServingError(HistoedgeError):
     outcome = "error"
 
 
+class ModelLoadError(ServingError):
+    """A model version could not be loaded (bad manifest, checksum, graph or warm-up)."""
+
+    outcome = "load_error"
+
+
 class InvalidInputError(ServingError):
     """Wrong input name, datatype or shape, bad tensor contents, or an unusable image."""
 

@@ -16,7 +16,7 @@ import struct
 import cv2
 import numpy as np
 
-from serving.errors import InvalidInputError
+from histoedge.serving.errors import InvalidInputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 

@@ -24,9 +24,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from export.manifest import MANIFEST_FILE, MODEL_FILE
-from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
-from serving.runtime import ModelLoadError, ModelVersion
+from histoedge.export.manifest import MANIFEST_FILE, MODEL_FILE
+from histoedge.serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
+from histoedge.serving.runtime import ModelLoadError, ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from export.manifest import MODEL_FILE, Manifest, ManifestError
-from serving import images
-from serving.batcher import Batcher, Outputs
-from serving.errors import InvalidInputError
-from serving.metrics import ServerMetrics
-from serving.schema import ModelMetadata, Tensor, TensorMetadata
-from serving.settings import ServerSettings
+from histoedge.export.manifest import MODEL_FILE, Manifest, ManifestError
+from histoedge.serving import images
+from histoedge.serving.batcher import Batcher, Outputs
+from histoedge.serving.errors import InvalidInputError, ModelLoadError
+from histoedge.serving.metrics import ServerMetrics
+from histoedge.serving.schema import ModelMetadata, Tensor, TensorMetadata
+from histoedge.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ DEVICE_PROVIDERS = {
 IMAGE, IMAGE_BYTES, LABEL = "image", "image_bytes", "label"
 RunHook = Callable[[Callable[[np.ndarray], Outputs]], Callable[[np.ndarray], Outputs]]
 
-
-class ModelLoadError(Exception):
-    """A model version could not be loaded (bad manifest, checksum, graph or warm-up)."""
 
 
 def select_providers(device: str) -> list[str]:

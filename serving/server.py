@@ -29,13 +29,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from histoedge import HistoedgeError
-from serving._proto import inference_pb2, inference_pb2_grpc
-from serving.dataplane import DataPlane
-from serving.metrics import ServerMetrics
-from serving.repository import ModelRegistry, ModelRepository
-from serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
-from serving.servicer import InferenceServicer
-from serving.settings import ServerSettings
+from histoedge.serving._proto import inference_pb2, inference_pb2_grpc
+from histoedge.serving.dataplane import DataPlane
+from histoedge.serving.metrics import ServerMetrics
+from histoedge.serving.repository import ModelRegistry, ModelRepository
+from histoedge.serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
+from histoedge.serving.servicer import InferenceServicer
+from histoedge.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
-    # The OIP messages live in a private pool (see serving.proto_gen), so reflection
+    # The OIP messages live in a private pool (see proto/generate.py), so reflection
     # gets its own pool holding every service this server offers.
     pool = descriptor_pool.DescriptorPool()
     for module in (inference_pb2, health_pb2, reflection_pb2):

@@ -11,14 +11,14 @@ import time
 
 import grpc
 
-from serving import codecs
-from serving._proto import inference_pb2 as pb
-from serving._proto import inference_pb2_grpc as pb_grpc
-from serving.dataplane import DataPlane
-from serving.errors import (CancelledError, DeadlineExceededError, InvalidInputError,
+from histoedge.serving import codecs
+from histoedge.serving._proto import inference_pb2 as pb
+from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
+from histoedge.serving.dataplane import DataPlane
+from histoedge.serving.errors import (CancelledError, DeadlineExceededError, InvalidInputError,
                             ModelNotFoundError, ModelNotReadyError, QueueFullError,
                             ServerClosingError, ServingError)
-from serving.schema import InferenceRequest, InferenceResponse, ModelMetadata
+from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import histoedge
+import histoedge.cli
 
 
 def _modules_after(code: str) -> set[str]:
@@ -18,7 +18,7 @@ def _modules_after(code: str) -> set[str]:
 
 def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        histoedge.main(["--help"])
+        histoedge.cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for command in ("data", "train", "report", "export", "serve", "classify", "health", "demo"):
@@ -27,9 +27,9 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_help_imports_no_heavy_framework():
     modules = _modules_after(
-        "import histoedge, contextlib, io\n"
+        "import histoedge.cli, contextlib, io\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-        "    histoedge.main(['--help'])")
+        "    histoedge.cli.main(['--help'])")
     assert "histoedge" in modules
     for heavy in ("tensorflow", "keras", "tf2onnx", "onnxruntime", "grpc", "sklearn"):
         assert heavy not in modules, f"histoedge --help imported {heavy}"

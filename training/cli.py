@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--malignant-fraction", type=float, default=0.69,
                        help="fraction of malignant patients' images (default 0.69, as BreakHis)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.set_defaults(handler="training.data.synth:cli_main")
+    synth.set_defaults(handler="histoedge.training.data.synth:cli_main")
 
     train = subparsers.add_parser(
         "train", help="train one regularised CNN, or the whole ensemble with --ensemble")
@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="override any config key, e.g. --set optimizer.learning_rate=3e-4 "
                             "(repeatable; VALUE is parsed as YAML)")
     train.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
-    train.set_defaults(handler="training.run:cli_train")
+    train.set_defaults(handler="histoedge.training.run:cli_train")
 
     report = subparsers.add_parser("report", help="regenerate RUN/report.md and RUN/report.html")
     report.add_argument("run", help="run directory")
-    report.set_defaults(handler="training.report:cli_report")
+    report.set_defaults(handler="histoedge.training.report:cli_report")

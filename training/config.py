@@ -25,15 +25,12 @@ from typing import Any
 
 import yaml
 
-from histoedge import HistoedgeError
+from histoedge.training.errors import ConfigError
 
-
-class ConfigError(HistoedgeError):
-    """A configuration key or value that cannot be used."""
 
 
 def _augment_config_class():
-    from training.data.augment import AugmentConfig
+    from histoedge.training.data.augment import AugmentConfig
 
     return AugmentConfig
 

@@ -32,16 +32,13 @@ from typing import Sequence
 
 import numpy as np
 
-from histoedge import HistoedgeError
+from histoedge.training.errors import EnsembleError
 
 METHODS = ("stacking", "soft_vote", "single")
 DEFAULT_STACKING_C = 1.0
 
 log = logging.getLogger(__name__)
 
-
-class EnsembleError(HistoedgeError):
-    """An ensemble that cannot be fitted or an ensemble.json that cannot be read."""
 
 
 def stack_features(member_probs: Sequence[np.ndarray]) -> np.ndarray:
@@ -119,7 +116,7 @@ class Ensemble:
 
     def predict(self, member_probs: Sequence[np.ndarray]) -> np.ndarray:
         """Class indices: binary thresholded on P(positive), multi-class arg-max."""
-        from training.metrics import predict_labels
+        from histoedge.training.metrics import predict_labels
         return predict_labels(self.predict_proba(member_probs), self.threshold, self.positive_class or 1)
 
     def get_config(self) -> dict:

@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from training.config import ConfigError
+from histoedge.training.config import ConfigError
 
 log = logging.getLogger(__name__)
 

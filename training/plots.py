@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training.metrics import ECE_BINS, roc_auc  # noqa: E402
+from histoedge.training.metrics import ECE_BINS, roc_auc  # noqa: E402
 
 
 def _save(fig, path) -> Path:

@@ -21,16 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from histoedge import HistoedgeError
-from training.metrics import TABLE_METRICS
+from histoedge.training.errors import ReportError
+from histoedge.training.metrics import TABLE_METRICS
 
 METRIC_TITLES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall (sensitivity)",
                  "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC",
                  "ece": "ECE"}
 
-
-class ReportError(HistoedgeError):
-    """A run directory that lacks what the report needs."""
 
 
 def load_predictions(run_dir) -> dict:
@@ -90,7 +87,7 @@ def dataset_summary(run_dir, classes) -> dict:
 
 def draw_plots(run_dir, metrics: dict, predictions: dict) -> dict:
     """Redraw every plot of the run; returns ``{"roc", "reliability", "confusion": {...}, "history": {...}}``."""
-    from training import plots
+    from histoedge.training import plots
 
     run_dir = Path(run_dir)
     names = predictions["members"] + (["ensemble"] if "ensemble" in predictions["test"] else [])

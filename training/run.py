@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from histoedge import HistoedgeError
-from training.ensemble import choose_threshold, fit_ensemble
-from training.metrics import evaluate
+from histoedge.training.errors import RunError
+from histoedge.training.ensemble import choose_threshold, fit_ensemble
+from histoedge.training.metrics import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), (
                    ("ensemble", "members"), ("evaluation", "bootstrap"), ("recipe",)}
 _RUN_OUTPUTS = ("metrics.json", "ensemble.json", "predictions.npz", "report.md", "report.html")
 
-
-class RunError(HistoedgeError):
-    """A run directory that cannot be (re)used as asked."""
 
 
 def _differences(old, new, where=()) -> list[str]:
@@ -74,7 +71,7 @@ def resolve_splits(run_dir: Path, dataset, config) -> dict:
     Raises:
         RunError: the stored split does not cover exactly the dataset's images (another --data).
     """
-    from training.data import read_splits_csv, split_dataset, splits_from_rows
+    from histoedge.training.data import read_splits_csv, split_dataset, splits_from_rows
 
     path = run_dir / "splits.csv"
     if not path.is_file():
@@ -122,8 +119,8 @@ def train_members(names, config, dataset, splits, run_dir: Path, *, verbose: int
     """Train (or load, when ``DONE`` exists) each member; returns ``{name: (val_probs, test_probs, seconds)}``."""
     import keras
 
-    from training.recipes import get_recipe
-    from training.trainer import train_member
+    from histoedge.training.recipes import get_recipe
+    from histoedge.training.trainer import train_member
 
     images, labels = dataset.images, dataset.labels
     out = {}
@@ -154,8 +151,8 @@ def train_members(names, config, dataset, splits, run_dir: Path, *, verbose: int
 
 def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) -> dict:
     """Train, combine, evaluate and report; returns the content of ``RUN/metrics.json``."""
-    from training.data import load_dataset, write_splits_csv
-    from training.report import dataset_summary, save_predictions, write_report
+    from histoedge.training.data import load_dataset, write_splits_csv
+    from histoedge.training.report import dataset_summary, save_predictions, write_report
 
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -164,7 +161,7 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     names = list(config.ensemble.members) if ensemble else [config.recipe]
     if not names or len(set(names)) != len(names):
         raise RunError(f"ensemble.members must list distinct recipes, got {names}")
-    from training.recipes import get_recipe
+    from histoedge.training.recipes import get_recipe
     for name in names:  # unknown recipe names fail now, not after hours of training
         get_recipe(name, config)
     dataset = load_dataset(data, image_size=config.data.image_size, label=config.data.label,
@@ -230,7 +227,7 @@ def format_summary(metrics: dict) -> str:
 
 def cli_train(args) -> int:
     """``histoedge train``: see ``histoedge train --help``."""
-    from training.config import load_config
+    from histoedge.training.config import load_config
 
     config = load_config(args.config, args.overrides, epochs=args.epochs, image_size=args.image_size,
                          batch_size=args.batch_size, seed=args.seed, magnification=args.magnification,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from training.config import ConfigError, OptimizerConfig
+from histoedge.training.config import ConfigError, OptimizerConfig
 
 SCHEDULES = ("inverse_time", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")

@@ -2,9 +2,9 @@
 
 Example::
 
-    from training.config import load_config
-    from training.recipes import get_recipe
-    from training.trainer import train_member
+    from histoedge.training.config import load_config
+    from histoedge.training.recipes import get_recipe
+    from histoedge.training.trainer import train_member
 
     config = load_config(epochs=5, image_size=64)
     model = train_member(get_recipe("ldam", config), config, (x_train, y_train), (x_val, y_val),
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import ConfigError, TrainConfig
-from training.recipes.base import Recipe
+from histoedge.training.config import ConfigError, TrainConfig
+from histoedge.training.recipes.base import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,14 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
     """
     import keras
 
-    from training import losses
-    from training.callbacks.drw import DeferredReweighting
-    from training.callbacks.history import HistoryCSV
-    from training.callbacks.plateau import ReduceLROnPlateau
-    from training.data.pipeline import make_tf_dataset
-    from training.imbalance import apply_imbalance, class_counts
-    from training.models.cnn import build_cnn
-    from training.schedules import build_optimizer, build_schedule
+    from histoedge.training import losses
+    from histoedge.training.callbacks.drw import DeferredReweighting
+    from histoedge.training.callbacks.history import HistoryCSV
+    from histoedge.training.callbacks.plateau import ReduceLROnPlateau
+    from histoedge.training.data.pipeline import make_tf_dataset
+    from histoedge.training.imbalance import apply_imbalance, class_counts
+    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.schedules import build_optimizer, build_schedule
 
     cfg = recipe.resolve(config)
     num_classes = len(classes)

@@ -1,1 +1,1 @@
-"""Code generated from proto/inference.proto by `python -m serving.proto_gen`."""
+"""Code generated from proto/inference.proto by `python proto/generate.py`."""

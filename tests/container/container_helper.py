@@ -1,7 +1,7 @@
 """Host-side helpers for ``run_container_test.sh`` (not a pytest module).
 
 Runs in the host's Python, which needs numpy, opencv, onnxruntime, onnx and the
-``serving`` package (for :mod:`serving.testing`'s tiny model).
+``histoedge`` package (for :mod:`tests.support.model_packages`'s tiny model).
 
 Commands::
 
@@ -34,7 +34,7 @@ def make_repo(models: Path, images: Path, expected_path: Path) -> None:
     """Write MODELS/tiny/1, a few PNGs of other sizes, and what onnxruntime says about them."""
     import cv2
     import numpy as np
-    from serving.testing import write_model_version
+    from tests.support.model_packages import write_model_version
 
     version_dir = write_model_version(models, MODEL_NAME, version=1, size=IMAGE_SIZE, seed=3)
     images.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def expect(version_dir: Path, images: Path, expected_path: Path) -> None:
     import cv2
     import numpy as np
     import onnxruntime
-    from export.manifest import Manifest
+    from histoedge.export.manifest import Manifest
 
     manifest = Manifest.load(version_dir)
     manifest.check_checksum(version_dir)

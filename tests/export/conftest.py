@@ -95,7 +95,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported(runs, tmp_path_factory) -> Path:
     """One fp32 stacking export shared by the read-only tests; returns its version directory."""
-    from export.package import export_run
+    from histoedge.export.package import export_run
 
     repo = tmp_path_factory.mktemp("shared_repo")
     manifest = export_run(runs["stacking"], repo, "breast")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-import histoedge
-from export.manifest import Manifest
-from export.package import ExportOptions, export_keras
-from export.repository import ExportError
-from export.verify import make_session, predict, verify_version
+import histoedge.cli
+from histoedge.export.manifest import Manifest
+from histoedge.export.package import ExportOptions, export_keras
+from histoedge.export.repository import ExportError
+from histoedge.export.verify import make_session, predict, verify_version
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_int8_keras_with_data_and_calibration_folders(sigmoid_model, make_images
     for index, name in enumerate(("benign", "malignant")):
         make_images(tmp_path / "data" / name, 6, seed=10 + index)
     make_images(tmp_path / "calib" / "any" / "nested", 10, seed=20)
-    code = histoedge.main(["export", "--keras", str(tmp_path / "m.keras"), "--classes", "benign,malignant",
+    code = histoedge.cli.main(["export", "--keras", str(tmp_path / "m.keras"), "--classes", "benign,malignant",
                            "--repo", str(tmp_path / "models"), "--name", "q", "--precision", "int8",
                            "--data", str(tmp_path / "data"), "--calibration-dir", str(tmp_path / "calib"),
                            "--force"])
@@ -78,5 +78,5 @@ def test_keras_input_errors(sigmoid_model, tmp_path):
         export_keras(tmp_path / "m.keras", ("a", "b", "c"), tmp_path, "x")
     with pytest.raises(ExportError, match="does not exist"):
         export_keras(tmp_path / "nope.keras", ("a", "b"), tmp_path, "x")
-    assert histoedge.main(["export", "--keras", str(tmp_path / "m.keras"), "--repo", str(tmp_path),
+    assert histoedge.cli.main(["export", "--keras", str(tmp_path / "m.keras"), "--repo", str(tmp_path),
                            "--name", "x"]) == 2

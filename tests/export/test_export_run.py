@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from export import data
-from export.convert import KerasMember, load_keras_model
-from export.graph import EnsembleSpec
-from export.manifest import Manifest
-from export.package import ExportOptions, export_run
-from export.quantize import INT8_DEFAULT, Int8Settings
-from export.repository import ExportError, list_versions
-from export.verify import make_session, predict, verify_version
+from histoedge.export import data
+from histoedge.export.convert import KerasMember, load_keras_model
+from histoedge.export.graph import EnsembleSpec
+from histoedge.export.manifest import Manifest
+from histoedge.export.package import ExportOptions, export_run
+from histoedge.export.quantize import INT8_DEFAULT, Int8Settings
+from histoedge.export.repository import ExportError, list_versions
+from histoedge.export.verify import make_session, predict, verify_version
 
 
 def _reference(run, images):

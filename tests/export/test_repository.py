@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from export.package import ExportOptions, export_run
-from export.repository import ExportError, VersionWriter, list_versions, remove_stale_staging
+from histoedge.export.package import ExportOptions, export_run
+from histoedge.export.repository import ExportError, VersionWriter, list_versions, remove_stale_staging
 
 
 def _visible(model_dir: Path) -> list[str]:

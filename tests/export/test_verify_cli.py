@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 
-import histoedge
-from export.verify import verify_version
+import histoedge.cli
+from histoedge.export.verify import verify_version
 
 
 def test_verify_passes_on_a_fresh_export(exported, capsys):
     report = verify_version(exported)
     assert report.ok, report.summary()
-    assert histoedge.main(["export", "verify", str(exported)]) == 0
+    assert histoedge.cli.main(["export", "verify", str(exported)]) == 0
     out = capsys.readouterr().out
     assert "sha256" in out and out.strip().endswith("OK")
 
@@ -26,7 +26,7 @@ def test_verify_detects_a_flipped_byte(exported, tmp_path, capsys):
     report = verify_version(copy)
     assert not report.ok
     assert ("sha256", False) in [(name, passed) for name, passed, _ in report.checks]
-    assert histoedge.main(["export", "verify", str(copy)]) == 1
+    assert histoedge.cli.main(["export", "verify", str(copy)]) == 1
     assert "FAIL sha256" in capsys.readouterr().out
 
 
@@ -41,18 +41,18 @@ def test_verify_detects_a_manifest_that_lies_about_shapes(exported, tmp_path):
 
 
 def test_verify_of_missing_dir_is_a_one_line_error(tmp_path, capsys):
-    assert histoedge.main(["export", "verify", str(tmp_path / "nope")]) == 2
+    assert histoedge.cli.main(["export", "verify", str(tmp_path / "nope")]) == 2
     assert "has no model.onnx" in capsys.readouterr().err
 
 
 def test_cli_export_run_and_usage_errors(runs, tmp_path, capsys):
     repo = tmp_path / "models"
-    assert histoedge.main(["export", "--run", str(runs["single"]), "--repo", str(repo),
+    assert histoedge.cli.main(["export", "--run", str(runs["single"]), "--repo", str(repo),
                            "--name", "cli"]) == 0
     assert "exported" in capsys.readouterr().out
     assert (repo / "cli" / "1" / "manifest.json").is_file()
-    assert histoedge.main(["export", "--run", str(runs["single"]), "--repo", str(repo),
+    assert histoedge.cli.main(["export", "--run", str(runs["single"]), "--repo", str(repo),
                            "--name", "cli", "--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert histoedge.main(["export", "--repo", str(repo), "--name", "x"]) == 2
+    assert histoedge.cli.main(["export", "--repo", str(repo), "--name", "x"]) == 2
     assert "exactly one of --run" in capsys.readouterr().err

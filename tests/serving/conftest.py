@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from serving.server import InferenceServer
-from serving.settings import ServerSettings
-from serving.testing import write_model_version
-from serving_helpers import MODEL, SIZE
+from histoedge.serving.server import InferenceServer
+from histoedge.serving.settings import ServerSettings
+from tests.support.model_packages import write_model_version
+from tests.serving.helpers import MODEL, SIZE
 
 
 @pytest.fixture(scope="module")

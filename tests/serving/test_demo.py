@@ -2,7 +2,7 @@
 
 import json
 
-from serving.demo import MODEL_NAME, _existing_export, _held_out_images
+from histoedge.serving.demo import MODEL_NAME, _existing_export, _held_out_images
 
 
 def _write_version(repo, version, source, precision):

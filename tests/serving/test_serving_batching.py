@@ -9,11 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.batcher import Batcher
-from serving.client import InferenceClient
-from serving.errors import DeadlineExceededError, QueueFullError, ServerClosingError
-from serving.schema import Tensor
-from serving_helpers import MODEL, Gate, reference, sample_images, wait_until
+from histoedge.serving.batcher import Batcher
+from histoedge.serving.client import InferenceClient
+from histoedge.serving.errors import DeadlineExceededError, QueueFullError, ServerClosingError
+from histoedge.serving.schema import Tensor
+from tests.serving.helpers import MODEL, Gate, reference, sample_images, wait_until
 
 
 def test_concurrent_requests_share_runs(repo, start_server):

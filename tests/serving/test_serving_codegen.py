@@ -6,19 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serving import proto_gen
-from serving._proto import inference_pb2 as pb
+import histoedge.serving
+from histoedge.serving._proto import inference_pb2 as pb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_is_current(tmp_path):
     # protoc runs in a child process: in-process it can crash once TensorFlow's and onnx's
     # native protobuf code is loaded by other tests in the same session.
-    subprocess.run([sys.executable, "-m", "serving.proto_gen", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, str(REPO_ROOT / "proto" / "generate.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True, text=True)
-    committed = Path(proto_gen.OUT_DIR)
+    committed = Path(histoedge.serving.__file__).parent / "_proto"
     for name in ("__init__.py", "inference_pb2.py", "inference_pb2_grpc.py"):
         assert (tmp_path / name).read_text() == (committed / name).read_text(), (
-            f"serving/_proto/{name} is stale: run `python -m serving.proto_gen`")
+            f"serving/_proto/{name} is stale: run `python proto/generate.py`")
 
 
 def test_wire_compatible_with_tritonclient():

@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
-from serving._proto import inference_pb2 as pb
-from serving._proto import inference_pb2_grpc as pb_grpc
-from serving.codecs import encode_bytes
-from serving_helpers import MODEL, SIZE, Gate, encode, sample_images, wait_until
+from histoedge.serving._proto import inference_pb2 as pb
+from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
+from histoedge.serving.codecs import encode_bytes
+from tests.serving.helpers import MODEL, SIZE, Gate, encode, sample_images, wait_until
 
 Code = grpc.StatusCode
 

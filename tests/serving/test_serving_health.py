@@ -7,9 +7,9 @@ import json
 import numpy as np
 from grpc_health.v1 import health_pb2
 
-from serving.client import InferenceClient
-from serving.testing import write_model_version
-from serving_helpers import MODEL
+from histoedge.serving.client import InferenceClient
+from tests.support.model_packages import write_model_version
+from tests.serving.helpers import MODEL
 
 
 def test_health_follows_every_model(tmp_path, start_server):

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from serving import codecs, images
-from serving._proto import inference_pb2 as pb
-from serving.errors import InvalidInputError
-from serving.schema import Tensor
-from serving_helpers import encode, sample_images
+from histoedge.serving import codecs, images
+from histoedge.serving._proto import inference_pb2 as pb
+from histoedge.serving.errors import InvalidInputError
+from histoedge.serving.schema import Tensor
+from tests.serving.helpers import encode, sample_images
 
 
 @pytest.mark.parametrize("ext, kind", [(".png", "PNG"), (".jpg", "JPEG"), (".tiff", "TIFF"), (".bmp", "BMP")])

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.client import InferenceClient
-from serving.settings import ServerSettings
-from serving_helpers import MODEL, encode, free_port, sample_images, wait_until
+from histoedge.serving.client import InferenceClient
+from histoedge.serving.settings import ServerSettings
+from tests.serving.helpers import MODEL, encode, free_port, sample_images, wait_until
 
 # The installed console script (``python -m histoedge`` would load a second copy of the
 # module as __main__, whose HistoedgeError class differs from the one the stages raise).
@@ -83,8 +83,8 @@ def test_sigterm_drains_in_flight_requests(repo, tmp_path):
 
 SERVE_AND_CHECK = """
 import os, signal, sys, threading, time
-import histoedge
-from serving.client import InferenceClient
+import histoedge.cli
+from histoedge.serving.client import InferenceClient
 
 def check():
     for _ in range(600):
@@ -100,7 +100,7 @@ def check():
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=check, daemon=True).start()
-sys.exit(histoedge.main(["serve", "--repo", sys.argv[1], "--port", sys.argv[2].split(":")[1],
+sys.exit(histoedge.cli.main(["serve", "--repo", sys.argv[1], "--port", sys.argv[2].split(":")[1],
                          "--host", "127.0.0.1", "--metrics-port", "0"]))
 """
 
@@ -112,8 +112,8 @@ def test_serve_never_imports_tensorflow(repo):
     assert done.returncode == 0, done.stderr
     assert "BANNED []" in done.stdout
     imports = subprocess.run(
-        [sys.executable, "-c", "import sys, serving.server, serving.client, serving.cli, histoedge;"
-         "histoedge.build_parser();"
+        [sys.executable, "-c", "import sys, histoedge.serving.server, histoedge.serving.client, histoedge.serving.cli, histoedge.cli;"
+         "histoedge.cli.build_parser();"
          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert imports.stdout.strip() == "[]", imports.stderr

@@ -8,11 +8,11 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from serving._proto import inference_pb2 as pb
-from serving._proto import inference_pb2_grpc as pb_grpc
-from serving.client import InferenceClient
-from serving.schema import Tensor
-from serving_helpers import MODEL, SIZE, decode_like_server, encode, reference, sample_images
+from histoedge.serving._proto import inference_pb2 as pb
+from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
+from histoedge.serving.client import InferenceClient
+from histoedge.serving.schema import Tensor
+from tests.serving.helpers import MODEL, SIZE, decode_like_server, encode, reference, sample_images
 
 
 @pytest.fixture(scope="module")

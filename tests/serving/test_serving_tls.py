@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-import histoedge
-from serving.client import InferenceClient
-from serving_helpers import MODEL, sample_images
+import histoedge.cli
+from histoedge.serving.client import InferenceClient
+from tests.serving.helpers import MODEL, sample_images
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -45,7 +45,7 @@ def test_tls(repo, start_server, certs):
         with pytest.raises(grpc.RpcError) as caught:
             plaintext.server_live()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert histoedge.main(["health", "--server", address, "--tls-ca", str(certs / "ca.pem")]) == 0
+    assert histoedge.cli.main(["health", "--server", address, "--tls-ca", str(certs / "ca.pem")]) == 0
 
 
 def test_mutual_tls(repo, start_server, certs):
@@ -62,5 +62,5 @@ def test_mutual_tls(repo, start_server, certs):
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     tls = ["--tls-ca", str(certs / "ca.pem")]
     mtls = tls + ["--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "client.key")]
-    assert histoedge.main(["health", "--server", address, *mtls]) == 0
-    assert histoedge.main(["health", "--server", address, "--timeout", "2", *tls]) == 1
+    assert histoedge.cli.main(["health", "--server", address, *mtls]) == 0
+    assert histoedge.cli.main(["health", "--server", address, "--timeout", "2", *tls]) == 1

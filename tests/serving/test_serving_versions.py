@@ -11,11 +11,11 @@ import threading
 import numpy as np
 import pytest
 
-from serving.client import InferenceClient
-from serving.repository import ModelRepository
-from serving.schema import Tensor
-from serving.testing import write_model_version
-from serving_helpers import MODEL, reference, sample_images, wait_until
+from histoedge.serving.client import InferenceClient
+from histoedge.serving.repository import ModelRepository
+from histoedge.serving.schema import Tensor
+from tests.support.model_packages import write_model_version
+from tests.serving.helpers import MODEL, reference, sample_images, wait_until
 
 
 @pytest.fixture

@@ -38,9 +38,9 @@ def image_folder(tmp_path) -> Path:
 def make_fake_run(run_dir: Path, classes=("benign", "malignant"), members=("a", "b"), n_val=40, n_test=50,
                   seed=0) -> Path:
     """A run directory with everything the report reads, built from random predictions."""
-    from training.ensemble import choose_threshold, fit_ensemble
-    from training.report import save_predictions
-    from training.run import score_model
+    from histoedge.training.ensemble import choose_threshold, fit_ensemble
+    from histoedge.training.report import save_predictions
+    from histoedge.training.run import score_model
 
     rng = np.random.default_rng(seed)
     classes, members = list(classes), list(members)

@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from training import losses
-from training.callbacks.drw import DeferredReweighting, default_drw_epoch, effective_number_weights
-from training.callbacks.history import HistoryCSV
-from training.callbacks.plateau import ReduceLROnPlateau
-from training.config import ConfigError
-from training.schedules import ScaledSchedule
+from histoedge.training import losses
+from histoedge.training.callbacks.drw import DeferredReweighting, default_drw_epoch, effective_number_weights
+from histoedge.training.callbacks.history import HistoryCSV
+from histoedge.training.callbacks.plateau import ReduceLROnPlateau
+from histoedge.training.config import ConfigError
+from histoedge.training.schedules import ScaledSchedule
 
 
 def tiny_model(learning_rate=0.01):

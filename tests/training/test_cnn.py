@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from training.config import CNNConfig, ConfigError
-from training.models import build_cnn
+from histoedge.training.config import CNNConfig, ConfigError
+from histoedge.training.models.cnn import build_cnn
 
 TINY = dict(filters=[8, 16], block_dropout=[0.0, 0.0], dense_units=[16])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training.config import ConfigError, TrainConfig, load_config, parse_override
+from histoedge.training.config import ConfigError, TrainConfig, load_config, parse_override
 
 
 def test_defaults_follow_the_seed():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from histoedge import HistoedgeError
-from training.ensemble import Ensemble, choose_threshold, fit_ensemble, stack_features
+from histoedge.training.ensemble import Ensemble, choose_threshold, fit_ensemble, stack_features
 
 
 def _members(n, n_classes=2, m=3, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from training.config import ConfigError
-from training.imbalance import (apply_imbalance, balanced_class_weights, random_oversample,
+from histoedge.training.config import ConfigError
+from histoedge.training.imbalance import (apply_imbalance, balanced_class_weights, random_oversample,
                                 smote_oversample)
 
 

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from training import losses
-from training.config import ConfigError
-from training.losses.ldam import LDAMLoss, ldam_margins
+from histoedge.training import losses
+from histoedge.training.config import ConfigError
+from histoedge.training.losses.ldam import LDAMLoss, ldam_margins
 
 Y = np.eye(3, dtype="float32")[[0, 1, 2, 1]]
 P = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.25, 0.25, 0.5], [0.8, 0.15, 0.05]], "float32")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from training.metrics import (average_precision, bootstrap_intervals, classification_metrics,
+from histoedge.training.metrics import (average_precision, bootstrap_intervals, classification_metrics,
                               expected_calibration_error, evaluate, roc_auc)
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from training import plots
+from histoedge.training import plots
 
 
 def _is_png(path):

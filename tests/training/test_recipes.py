@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.config import ConfigError, load_config
-from training.recipes import Recipe, get_recipe, list_recipes, register_recipe
-from training.trainer import train_member
+from histoedge.training.config import ConfigError, load_config
+from histoedge.training.recipes import Recipe, get_recipe, list_recipes, register_recipe
+from histoedge.training.trainer import train_member
 
 BUILT_IN = ["baseline", "class_weight", "focal", "ldam", "oversample", "seed_margin_bce"]
 TINY = ["model.filters=[4, 8]", "model.block_dropout=[0.0, 0.2]", "model.dense_units=[8]",

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from histoedge import HistoedgeError
-from training.report import cli_report, write_report
+from histoedge.training.report import cli_report, write_report
 
 
 def test_report_has_table_and_embedded_images(tmp_path, fake_run):

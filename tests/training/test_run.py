@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-import histoedge
-import training.run as run_module
+import histoedge.cli
+import histoedge.training.run as run_module
 from histoedge import HistoedgeError
-from training.ensemble import Ensemble
-from training.report import load_predictions
+from histoedge.training.ensemble import Ensemble
+from histoedge.training.report import load_predictions
 
 TINY = ["model.filters=[8, 16]", "model.block_dropout=[0.0, 0.0]", "model.dense_units=[16]",
         "evaluation.bootstrap=20", "training.early_stopping.enabled=false"]
@@ -84,9 +84,9 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
                                predictions["test"]["ensemble"], atol=1e-6)
 
     # Second run: both members are DONE, so nothing is retrained.
-    import training.trainer
+    import histoedge.training.trainer as trainer_module
     calls = []
-    monkeypatch.setattr(training.trainer, "train_member", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(trainer_module, "train_member", lambda *a, **k: calls.append(a))
     done_mtimes = {m: (run / "members" / m / "DONE").stat().st_mtime_ns for m in ("class_weight", "focal")}
     assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"])) == 0
     assert calls == []
@@ -131,7 +131,7 @@ def test_input_errors_are_one_line_and_write_nothing(problem, folder_factory, tm
         run_module.cli_train(args)
     argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "1"]
     argv += [item for o in extra for item in ("--set", o)]
-    assert histoedge.main(argv) == 2
+    assert histoedge.cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("histoedge train: error:") and "\n" not in err
     assert not (tmp_path / "run").exists()

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-import training.data.pipeline as pipeline
-from training.callbacks.drw import effective_number_weights
-from training.config import ConfigError, OptimizerConfig, load_config
-from training.recipes import get_recipe
-from training.schedules import build_optimizer, build_schedule
-from training.trainer import train_member
+import histoedge.training.data.pipeline as pipeline
+from histoedge.training.callbacks.drw import effective_number_weights
+from histoedge.training.config import ConfigError, OptimizerConfig, load_config
+from histoedge.training.recipes import get_recipe
+from histoedge.training.schedules import build_optimizer, build_schedule
+from histoedge.training.trainer import train_member
 
 TINY = ["model.filters=[4, 8]", "model.block_dropout=[0.0, 0.2]", "model.dense_units=[8]",
         "training.batch_size=16", "augmentation.stain=0.0"]
@@ -69,7 +69,7 @@ def test_model_keras_reloads_without_custom_objects(trained, tmp_path):
     script = (
         "import sys, numpy as np, keras\n"
         "model = keras.models.load_model(sys.argv[1], compile=False)\n"
-        "assert not any(m.startswith('training') for m in sys.modules), 'imported histoedge code'\n"
+        "assert not any(m.startswith('histoedge') for m in sys.modules), 'imported histoedge code'\n"
         "got = model.predict(np.load(sys.argv[2]), verbose=0)\n"
         "np.testing.assert_allclose(got, np.load(sys.argv[3]), atol=1e-6)\n"
         "assert model.output_names == ['probabilities'], model.output_names\n"
@@ -87,7 +87,7 @@ def test_imbalance_and_augmentation_touch_training_data_only(trained):
     np.testing.assert_array_equal(val_x, trained["val"][0])
     np.testing.assert_array_equal(val_y, trained["val"][1])
     assert val_kw["augment"] is None and train_kw["augment"] == trained["config"].augmentation
-    from training.trainer import member_seed
+    from histoedge.training.trainer import member_seed
 
     assert train_kw["seed"] == val_kw["seed"] == member_seed(7, "ldam_os")
 
@@ -180,7 +180,7 @@ def test_fit_gets_class_weights_and_drw_aware_early_stopping(tmp_path, monkeypat
 
 
 def test_member_seeds_differ_by_recipe_and_are_stable():
-    from training.trainer import member_seed
+    from histoedge.training.trainer import member_seed
 
     assert member_seed(0, "ldam") == member_seed(0, "ldam")
     assert len({member_seed(0, name) for name in ("ldam", "class_weight", "oversample", "focal")}) == 4

@@ -18,7 +18,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from training.config import ConfigError
+from histoedge.training.config import ConfigError
 
 
 def effective_number_weights(class_counts: Sequence[int], beta: float = 0.9999) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from training.data import DataError
+from histoedge.training.errors import DataError
 
 # Ruifrok & Johnston (2001) stain OD vectors, rows: haematoxylin, eosin, DAB
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])

@@ -2,7 +2,7 @@
 
 Example::
 
-    from training.data import load_dataset
+    from histoedge.training.data import load_dataset
 
     dataset = load_dataset("data/synth", image_size=64, magnification="40X")
     print(dataset.classes, dataset.images.shape, len(dataset.unreadable))
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError
-from training.data.layouts import ImageRecord, scan
+from histoedge.training.errors import DataError
+from histoedge.training.data.layouts import ImageRecord, scan
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ same batches, epoch after epoch, while each epoch gets fresh augmentations.
 
 Example::
 
-    from training.data.pipeline import make_tf_dataset
+    from histoedge.training.data.pipeline import make_tf_dataset
 
     train = make_tf_dataset(x_train, y_train, 2, batch_size=32, training=True, seed=0)
     val = make_tf_dataset(x_val, y_val, 2, batch_size=64, training=False)
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from training.data import DataError
-from training.data.augment import AugmentConfig, augment_batch
+from histoedge.training.errors import DataError
+from histoedge.training.data.augment import AugmentConfig, augment_batch
 
 
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,

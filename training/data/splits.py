@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError
+from histoedge.training.errors import DataError
 
 log = logging.getLogger(__name__)
 

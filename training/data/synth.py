@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError
-from training.data.synth_render import MAGNIFICATIONS, SUBTYPES, TileSpec, render_tile
+from histoedge.training.errors import DataError
+from histoedge.training.data.synth_render import MAGNIFICATIONS, SUBTYPES, TileSpec, render_tile
 
 log = logging.getLogger(__name__)
 

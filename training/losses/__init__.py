@@ -6,7 +6,7 @@ TensorFlow is imported only when a loss is built. ``get`` accepts a name or a co
 
 Example::
 
-    from training import losses
+    from histoedge.training import losses
     loss = losses.get({"name": "focal", "gamma": 3.0}, num_classes=2)
     losses.serialize(loss)   # {"name": "focal", "alpha": 0.25, "gamma": 3.0, ...}
 """
@@ -17,14 +17,14 @@ import importlib
 import inspect
 from typing import Any, Sequence
 
-from training.config import ConfigError
+from histoedge.training.config import ConfigError
 
 # name -> "module:class"; modules are imported on use so this package stays import-light
 _REGISTRY = {
-    "crossentropy": "training.losses.crossentropy:CrossEntropy",
-    "focal": "training.losses.focal:FocalLoss",
-    "ldam": "training.losses.ldam:LDAMLoss",
-    "seed_margin_bce": "training.losses.seed_margin:SeedMarginBCE",
+    "crossentropy": "histoedge.training.losses.crossentropy:CrossEntropy",
+    "focal": "histoedge.training.losses.focal:FocalLoss",
+    "ldam": "histoedge.training.losses.ldam:LDAMLoss",
+    "seed_margin_bce": "histoedge.training.losses.seed_margin:SeedMarginBCE",
 }
 _ALIASES = {"categorical_crossentropy": "crossentropy", "ce": "crossentropy",
             "focal_loss": "focal"}

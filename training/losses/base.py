@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.config import ConfigError
+from histoedge.training.config import ConfigError
 
 EPSILON = 1e-7
 

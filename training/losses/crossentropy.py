@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from training.losses.base import EPSILON, ClassWeightedLoss
+from histoedge.training.losses.base import EPSILON, ClassWeightedLoss
 
 
 @keras.saving.register_keras_serializable(package="histoedge")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from training.config import ConfigError
-from training.losses.base import EPSILON, ClassWeightedLoss
+from histoedge.training.config import ConfigError
+from histoedge.training.losses.base import EPSILON, ClassWeightedLoss
 
 
 @keras.saving.register_keras_serializable(package="histoedge")

@@ -32,8 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.config import ConfigError
-from training.losses.base import EPSILON, ClassWeightedLoss
+from histoedge.training.config import ConfigError
+from histoedge.training.losses.base import EPSILON, ClassWeightedLoss
 
 
 def ldam_margins(class_counts: Sequence[int], max_margin: float = 0.5) -> np.ndarray:

@@ -5,8 +5,8 @@ Only standard Keras layers, regularisers and constraints are used, so a saved mo
 
 Example::
 
-    from training.config import CNNConfig
-    from training.models.cnn import build_cnn
+    from histoedge.training.config import CNNConfig
+    from histoedge.training.models.cnn import build_cnn
 
     model = build_cnn(CNNConfig(regularizer="l2", l2=1e-4, batch_norm=True), 2, 64)
     model.output_names   # ['probabilities']
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import keras
 
-from training.config import CNNConfig, ConfigError
+from histoedge.training.config import CNNConfig, ConfigError
 
 _REGULARIZERS = (None, "l1", "l2", "l1_l2")
 

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.config import ConfigError, TrainConfig, deep_merge
+from histoedge.training.config import ConfigError, TrainConfig, deep_merge
 
 IMBALANCE = ("none", "class_weight", "oversample")
 OVERSAMPLE_METHODS = ("smote", "random")

@@ -20,8 +20,8 @@ spread over the members, the stacked ensemble beat every member on the same spli
 
 from __future__ import annotations
 
-from training.recipes.base import Recipe
-from training.recipes.registry import register_recipe
+from histoedge.training.recipes.base import Recipe
+from histoedge.training.recipes.registry import register_recipe
 
 
 @register_recipe

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from training.config import ConfigError, TrainConfig, deep_merge
-from training.recipes.base import Recipe
+from histoedge.training.config import ConfigError, TrainConfig, deep_merge
+from histoedge.training.recipes.base import Recipe
 
 _FACTORIES: dict[str, Callable[[], Recipe]] = {}
 

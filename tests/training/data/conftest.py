@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.data.synth import generate_synthetic
+from histoedge.training.data.synth import generate_synthetic
 
 SYNTH_ARGS = dict(n=96, size=32, patients=16, malignant_fraction=0.69, seed=0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, ImageRecord, detect_layout, load_dataset
+from histoedge.training.data import DataError, ImageRecord, detect_layout, load_dataset
 
 
 

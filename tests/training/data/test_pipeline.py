@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.data import DataError
-from training.data.augment import AugmentConfig, apply_affine, augment_batch, stain_jitter
-from training.data.pipeline import make_tf_dataset
+from histoedge.training.data import DataError
+from histoedge.training.data.augment import AugmentConfig, apply_affine, augment_batch, stain_jitter
+from histoedge.training.data.pipeline import make_tf_dataset
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_importing_training_data_does_not_import_tensorflow():
 def test_augment_batch_handles_two_image_sizes_in_one_process():
     import numpy as np
 
-    from training.data.augment import AugmentConfig, augment_batch
+    from histoedge.training.data.augment import AugmentConfig, augment_batch
 
     config = AugmentConfig()
     for size in (24, 40):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from training.data import (DataError, ImageRecord, load_dataset, read_splits_csv, split_dataset,
+from histoedge.training.data import (DataError, ImageRecord, load_dataset, read_splits_csv, split_dataset,
                            splits_from_rows, write_splits_csv)
 
 

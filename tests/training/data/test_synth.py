@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-import histoedge
-from training.data import DataError
-from training.data.synth import generate_synthetic
+import histoedge.cli
+from histoedge.training.data import DataError
+from histoedge.training.data.synth import generate_synthetic
 
 NAME = re.compile(r"^SOB_(?P<kind>[BM])_(?P<subtype>[A-Z]+)-14-(?P<pid>[0-9A-Z]+)-"
                   r"(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$")
@@ -85,7 +85,7 @@ def test_tiles_look_like_h_and_e_and_malignant_nuclei_are_denser(tmp_path):
 
 def test_cli_writes_dataset_and_prints_summary(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = histoedge.main(["data", "synth", "--out", str(out), "--n", "24", "--size", "24",
+    code = histoedge.cli.main(["data", "synth", "--out", str(out), "--n", "24", "--size", "24",
                            "--patients", "8", "--seed", "5"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -95,10 +95,10 @@ def test_cli_writes_dataset_and_prints_summary(tmp_path, capsys):
 
 
 def test_default_patients_mirror_breakhis_and_shrink_for_small_sets(tmp_path, capsys):
-    assert histoedge.main(["data", "synth", "--out", str(tmp_path / "small"), "--n", "40",
+    assert histoedge.cli.main(["data", "synth", "--out", str(tmp_path / "small"), "--n", "40",
                            "--size", "16"]) == 0
     assert "wrote 40 images from 8 patients" in capsys.readouterr().out
-    assert histoedge.main(["data", "synth", "--out", str(tmp_path / "big"), "--n", "500",
+    assert histoedge.cli.main(["data", "synth", "--out", str(tmp_path / "big"), "--n", "500",
                            "--size", "16"]) == 0
     assert "wrote 500 images from 82 patients" in capsys.readouterr().out
 

@@ -20,17 +20,9 @@ import logging
 import sys
 from typing import Sequence
 
-__version__ = "0.1.0"
+from histoedge import HistoedgeError, __version__
 
-STAGE_CLIS = ("training.cli", "export.cli", "serving.cli")
-
-
-class HistoedgeError(Exception):
-    """A problem with the user's input or environment.
-
-    The command line prints the message on one line and exits with status 2,
-    without a traceback.  Library callers can catch it like any exception.
-    """
+STAGE_CLIS = ("histoedge.training.cli", "histoedge.export.cli", "histoedge.serving.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +48,7 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--image-size", type=int, default=64, help="model input size (default 64)")
     demo.add_argument("--classify", type=int, default=8, help="held-out images to classify (default 8)")
     demo.add_argument("--precision", default="int8", choices=("fp32", "int8"))
-    demo.set_defaults(handler="serving.demo:cli_demo")
+    demo.set_defaults(handler="histoedge.serving.demo:cli_demo")
 
 
 def _resolve(handler: str):
@@ -84,10 +76,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"histoedge {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    # Under ``python -m histoedge`` this file runs as ``__main__``; dispatch through the
-    # importable module so stages raise the same HistoedgeError class that main() catches.
-    import histoedge as _histoedge
-
-    sys.exit(_histoedge.main())

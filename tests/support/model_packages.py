@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from export.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TensorSpec, sha256_file
+from histoedge.export.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TensorSpec, sha256_file
 
 
 def tiny_model_bytes(size: int = 16, members: int = 2, classes: int = 2, seed: int = 0) -> bytes:
@@ -93,7 +93,7 @@ def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: 
         classes=classes, threshold=threshold if binary else None, positive_class=1 if binary else None,
         preprocessing={"color": "RGB", "resize": [size, size], "interpolation": "area"},
         precision="fp32", members=tuple(f"member{m}" for m in range(members)),
-        sha256=sha256_file(staging / MODEL_FILE), source="serving.testing", extra={"opset": 17})
+        sha256=sha256_file(staging / MODEL_FILE), source="tests.support.model_packages", extra={"opset": 17})
     (staging / MANIFEST_FILE).write_text(manifest.to_json())
     os.rename(staging, final)
     return final

@@ -1,9 +1,9 @@
-"""Regenerate ``serving/_proto`` from ``proto/inference.proto``.
+"""Regenerate ``serving/_proto`` from ``proto/inference.proto`` (a developer tool, not installed).
 
-Run from the repository root (needs ``grpcio-tools``)::
+Needs ``grpcio-tools`` (the ``dev`` extra)::
 
-    python -m serving.proto_gen            # rewrite serving/_proto/
-    python -m serving.proto_gen --out DIR  # write elsewhere (the staleness test does)
+    python proto/generate.py            # rewrite serving/_proto/
+    python proto/generate.py --out DIR  # write elsewhere (the staleness test does)
 
 Two edits follow ``protoc``:
 
@@ -20,10 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = REPO_ROOT / "proto"
+PROTO_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PROTO_DIR.parent
 PROTO_FILE = "inference.proto"
-OUT_DIR = Path(__file__).resolve().parent / "_proto"
+OUT_DIR = REPO_ROOT / "serving" / "_proto"
 
 _DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
 _PRIVATE_POOL = (
@@ -52,7 +52,7 @@ def generate(out_dir: Path) -> list[Path]:
     _replace_once(messages, _DEFAULT_POOL, _PRIVATE_POOL)
     _replace_once(services, _ABSOLUTE_IMPORT, _RELATIVE_IMPORT)
     init = out_dir / "__init__.py"
-    init.write_text('"""Code generated from proto/inference.proto by `python -m serving.proto_gen`."""\n')
+    init.write_text('"""Code generated from proto/inference.proto by `python proto/generate.py`."""\n')
     return [init, messages, services]
 
 
@@ -64,7 +64,7 @@ def _replace_once(path: Path, old: str, new: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.proto_gen", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python proto/generate.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR, help=f"output folder (default {OUT_DIR})")
     args = parser.parse_args(argv)
     for path in generate(args.out):
