@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-# Every serve option is also read from HISTOEDGE_<NAME> (flags win), so no flag has a
-# default here: None means "not given" and ServerSettings fills in the rest.
-_SERVE_OPTIONS = (
-    ("--repo", str, "model repository MODELS/<name>/<version>/ (required)"),
-    ("--host", str, "address to listen on (default 0.0.0.0)"),
-    ("--port", int, "gRPC port (default 8001; 0 picks a free one)"),
-    ("--metrics-port", int, "Prometheus /metrics HTTP port (default 8002; 0 disables)"),
-    ("--device", str, "auto|cpu|cuda|tensorrt (default auto: TensorRT, CUDA, CPU as available)"),
-    ("--max-batch-size", int, "largest merged batch (default 16; 1 disables batching)"),
-    ("--max-queue-delay-ms", float, "longest wait for a batch to fill (default 2)"),
-    ("--batch-wait", str, "arriving (default): wait the delay only while more requests are being "
-                          "decoded, so a lone request runs at once; full: always wait it"),
-    ("--max-queue-size", int, "waiting requests per model before RESOURCE_EXHAUSTED (default 256)"),
-    ("--threads", int, "onnxruntime intra-op threads per model (default min(4, CPUs))"),
-    ("--grpc-workers", int, "gRPC handler threads (default max(8, 2 x max batch + 4))"),
-    ("--max-message-mb", int, "largest gRPC message in MB (default 64)"),
-    ("--max-image-pixels", int, "largest encoded image accepted, in pixels (default 50000000)"),
-    ("--poll-seconds", float, "repository polling interval (default 5; 0: only on SIGHUP)"),
-    ("--grace-seconds", float, "time in-flight requests get on SIGTERM (default 10)"),
-    ("--tls-cert", str, "server certificate (PEM); enables TLS"),
-    ("--tls-key", str, "server private key (PEM)"),
-    ("--tls-client-ca", str, "require client certificates signed by this CA (mutual TLS)"),
-)
+from histoedge.serving.settings import ServerSettings, bool_option
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`ServerSettings` field, generated from the field and its help.
+
+    Every option is also read from ``HISTOEDGE_<NAME>`` (flags win), so no flag has a
+    default here: None means "not given" and :meth:`ServerSettings.from_sources` fills in
+    the environment and the field's default.
+    """
+    for option in ServerSettings.options():
+        flag = "--" + option.name.replace("_", "-")
+        text = f"{option.metadata['help']} (default {ServerSettings.default_text(option)}; " \
+               f"env {ServerSettings.env_name(option)})"
+        if option.metadata["convert"] is bool_option:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        else:
+            parser.add_argument(flag, default=None, metavar=option.metadata.get("metavar"), help=text)
 
 
 def _add_tls_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve every model in a repository over the Open Inference Protocol (gRPC). "
                     "Every option can also be set as HISTOEDGE_<OPTION> (e.g. HISTOEDGE_PORT); "
                     "flags win. SIGHUP rescans the repository; SIGTERM drains and exits.")
-    for flag, kind, text in _SERVE_OPTIONS:
-        serve.add_argument(flag, type=kind, default=None, help=text)
-    serve.add_argument("--no-batching", action="store_const", const=True, default=None,
-                       help="run every request on its own")
+    add_settings_flags(serve)
     serve.set_defaults(handler="histoedge.serving.server:cli_serve")
 
     classify = subparsers.add_parser(

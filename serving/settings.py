@@ -23,7 +23,8 @@ ENV_PREFIX = "HISTOEDGE_"
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
 
-def _bool(text: str) -> bool:
+def bool_option(text: str) -> bool:
+    """Parse an on/off value from a flag or the environment."""
     value = str(text).strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -32,8 +33,9 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _option(default: Any, convert: Callable[[str], Any], help: str) -> Any:
-    return field(default=default, metadata={"convert": convert, "help": help})
+def _option(default: Any, convert: Callable[[str], Any], help: str, default_text: str | None = None) -> Any:
+    """A settings field; ``help`` and ``default_text`` become the generated flag's help."""
+    return field(default=default, metadata={"convert": convert, "help": help, "default_text": default_text})
 
 
 def _default_threads() -> int:
@@ -44,25 +46,27 @@ def _default_threads() -> int:
 class ServerSettings:
     """Options of ``histoedge serve`` (see ``histoedge serve --help``)."""
 
-    repo: Path | None = _option(None, Path, "model repository: MODELS/<name>/<version>/")
+    repo: Path | None = _option(None, Path, "model repository MODELS/<name>/<version>/", "none: required")
     host: str = _option("0.0.0.0", str, "address to listen on")
     port: int = _option(8001, int, "gRPC port (0 picks a free port)")
     metrics_port: int = _option(8002, int, "Prometheus metrics HTTP port (0 disables)")
-    device: str = _option("auto", str, "execution providers: auto|cpu|cuda|tensorrt")
+    device: str = _option("auto", str, "execution providers: auto (TensorRT, CUDA, CPU as available)|cpu|cuda|tensorrt")
     max_batch_size: int = _option(16, int, "largest merged batch (1 disables batching)")
     max_queue_delay_ms: float = _option(2.0, float, "longest wait for a batch to fill")
     max_queue_size: int = _option(256, int, "requests waiting per model version before RESOURCE_EXHAUSTED")
-    no_batching: bool = _option(False, _bool, "run each request on its own")
-    batch_wait: str = _option("arriving", str, "arriving: wait only for requests being decoded; full: always")
-    threads: int | None = _option(None, int, "onnxruntime intra-op threads per session")
-    grpc_workers: int = _option(0, int, "gRPC handler threads (0: from max batch size)")
+    no_batching: bool = _option(False, bool_option, "run each request on its own")
+    batch_wait: str = _option("arriving", str, "arriving: wait the queue delay only while more requests are "
+                                                   "being decoded, so a lone request runs at once; full: always wait")
+    threads: int | None = _option(None, int, "onnxruntime intra-op threads per session", "min(4, CPUs)")
+    grpc_workers: int = _option(0, int, "gRPC handler threads; 0: max(8, 2 x max batch + 4)")
     max_message_mb: int = _option(64, int, "largest gRPC message in MB")
     max_image_pixels: int = _option(50_000_000, int, "largest encoded image accepted, in pixels")
-    poll_seconds: float = _option(5.0, float, "repository polling interval (0 disables; SIGHUP rescans)")
+    poll_seconds: float = _option(5.0, float, "repository polling interval (0: only on SIGHUP)")
     grace_seconds: float = _option(10.0, float, "time for in-flight requests on SIGTERM")
-    tls_cert: Path | None = _option(None, Path, "server certificate (PEM) for TLS")
-    tls_key: Path | None = _option(None, Path, "server private key (PEM) for TLS")
-    tls_client_ca: Path | None = _option(None, Path, "CA (PEM) clients must present a certificate of (mTLS)")
+    tls_cert: Path | None = _option(None, Path, "server certificate (PEM); enables TLS", "none")
+    tls_key: Path | None = _option(None, Path, "server private key (PEM) for TLS", "none")
+    tls_client_ca: Path | None = _option(None, Path, "require client certificates signed by this CA (PEM; mutual TLS)",
+                                         "none")
 
     def __post_init__(self) -> None:
         if self.threads is None:
@@ -99,6 +103,16 @@ class ServerSettings:
     def options(cls) -> list[dataclasses.Field]:
         return list(dataclasses.fields(cls))
 
+    @staticmethod
+    def env_name(option: dataclasses.Field) -> str:
+        return ENV_PREFIX + option.name.upper()
+
+    @staticmethod
+    def default_text(option: dataclasses.Field) -> str:
+        if option.metadata["default_text"] is not None:
+            return option.metadata["default_text"]
+        return "off" if option.default is False else str(option.default)
+
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
                      ) -> "ServerSettings":
@@ -107,10 +121,13 @@ class ServerSettings:
         values: dict[str, Any] = {}
         for option in cls.options():
             flag = flags.get(option.name)
-            env_name = ENV_PREFIX + option.name.upper()
+            env_name = cls.env_name(option)
             convert = option.metadata["convert"]
             if flag is not None:
-                values[option.name] = convert(flag) if isinstance(flag, str) else flag
+                try:
+                    values[option.name] = convert(flag) if isinstance(flag, str) else flag
+                except ValueError as error:
+                    raise HistoedgeError(f"--{option.name.replace('_', '-')}: {error}") from None
             elif env_name in environ:
                 try:
                     values[option.name] = convert(environ[env_name])
