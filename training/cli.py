@@ -1,8 +1,13 @@
-"""Training-stage subcommands: ``data synth``, ``train`` and ``report`` (argparse only at import time)."""
+"""Training-stage subcommands: ``data synth``, ``train`` and ``report``.
+
+At import time only argparse and the configuration's flag table (no TensorFlow).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from histoedge.training.config import CLI_FLAGS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config", help="YAML file with configuration overrides")
     train.add_argument("--ensemble", action="store_true",
                        help="train every ensemble member and the meta-learner")
-    train.add_argument("--recipe", help="recipe to train when not training the ensemble")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--image-size", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--magnification", help="BreakHis only: keep one magnification, e.g. 40X")
-    train.add_argument("--label", choices=("binary", "subtype"),
-                       help="BreakHis only: benign/malignant (default) or the 8 subtypes")
+    for name, flag in CLI_FLAGS.items():
+        default = "none" if flag.default is None else flag.default
+        train.add_argument("--" + name.replace("_", "-"), type=flag.type, choices=flag.choices,
+                           help=f"{flag.help} (default {default}; config key {'.'.join(flag.key)})")
     train.add_argument("--set", dest="overrides", action="append", default=None,
                        metavar="KEY=VALUE",
                        help="override any config key, e.g. --set optimizer.learning_rate=3e-4 "

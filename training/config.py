@@ -21,11 +21,17 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from histoedge.training.config_checks import Section, setting
 from histoedge.training.errors import ConfigError
+
+# Hidden activations Keras knows by name that make sense in a CNN.
+ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "leaky_relu", "mish")
+# Metrics the member trainer logs on validation data (early stopping and plateau watch one).
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 
 
 
@@ -39,37 +45,34 @@ def _default_augmentation():
     return _augment_config_class()()
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+@dataclass
+class SplitConfig(Section):
+    """Fractions of patients (or images) per split; each in (0, 1), together 1."""
+
+    SECTION: ClassVar[str] = "data.split"
+    train: float = setting(0.7, low=0, high=1, low_open=True, high_open=True)
+    val: float = setting(0.15, low=0, high=1, low_open=True, high_open=True)
+    test: float = setting(0.15, low=0, high=1, low_open=True, high_open=True)
+
+    def check(self):
+        total = self.train + self.val + self.test
+        self.require(abs(total - 1.0) < 1e-6,
+                     f"data.split.train, data.split.val and data.split.test must sum to 1, got {total:g}")
 
 
 @dataclass
-class SplitConfig:
-    """Fractions of patients (or images) per split; they must sum to 1."""
-
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
-
-
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     """Which images to load and how big to make them."""
 
-    image_size: int = 96
-    label: str = "binary"
+    SECTION: ClassVar[str] = "data"
+    image_size: int = setting(96, low=8)
+    label: str = setting("binary", choices=("binary", "subtype"))
     magnification: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
 
-    def __post_init__(self):
-        _check(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
-        _check(self.label in ("binary", "subtype"),
-               f"data.label must be 'binary' or 'subtype', got {self.label!r}")
-
 
 @dataclass
-class CNNConfig:
+class CNNConfig(Section):
     """The regularised CNN. Defaults reproduce the seed's base CNN ("custom CNN model 1").
 
     Args:
@@ -93,20 +96,25 @@ class CNNConfig:
         activation: hidden activation.
     """
 
-    filters: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256])
-    kernel_size: int = 3
-    first_padding: str = "valid"
-    block_dropout: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.4, 0.2, 0.0])
-    dense_units: list[int] = field(default_factory=lambda: [256, 128])
-    head_dropout: float = 0.0
+    SECTION: ClassVar[str] = "model"
+    filters: list[int] = setting(factory=lambda: [32, 64, 128, 256, 256], low=1, each=True)
+    kernel_size: int = setting(3, low=1)
+    first_padding: str = setting("valid", choices=("valid", "same"))
+    block_dropout: list[float] = setting(factory=lambda: [0.0, 0.0, 0.4, 0.2, 0.0], low=0, high=1,
+                                         high_open=True, each=True)
+    dense_units: list[int] = setting(factory=lambda: [256, 128], low=1, each=True)
+    head_dropout: float = setting(0.0, low=0, high=1, high_open=True)
     batch_norm: bool = False
-    batch_norm_momentum: float = 0.9
-    regularizer: str | None = None
-    l1: float = 1e-4
-    l2: float = 1e-4
-    max_norm: float | None = None
+    batch_norm_momentum: float = setting(0.9, low=0, high=1, high_open=True)
+    regularizer: str | None = setting(None, choices=(None, "l1", "l2", "l1_l2"))
+    l1: float = setting(1e-4, low=0)
+    l2: float = setting(1e-4, low=0)
+    max_norm: float | None = setting(None, low=0, low_open=True)
     global_pool: bool = False
-    activation: str = "relu"
+    activation: str = setting("relu", choices=ACTIVATIONS)
+
+    def check(self):
+        self.require(len(self.filters) >= 1, "model.filters must list at least one block")
 
     def get_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,7 +125,7 @@ class CNNConfig:
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerConfig(Section):
     """Optimizer, learning-rate schedule and gradient clipping.
 
     ``schedule``: "inverse_time" (lr / (1 + decay_rate * step / decay_steps), the seed's),
@@ -125,76 +133,64 @@ class OptimizerConfig:
     "constant". ``clipnorm``/``clipvalue`` clip gradients (off when None).
     """
 
-    name: str = "adam"
-    learning_rate: float = 1e-3
-    schedule: str = "inverse_time"
-    decay_steps: int | None = 1000
-    decay_rate: float = 1.0
-    min_lr_fraction: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    clipnorm: float | None = None
-    clipvalue: float | None = None
-
-    def __post_init__(self):
-        _check(self.name in ("adam", "adamw", "sgd", "rmsprop"),
-               f"optimizer.name must be adam, adamw, sgd or rmsprop, got {self.name!r}")
-        _check(self.schedule in ("inverse_time", "cosine", "constant"),
-               f"optimizer.schedule must be inverse_time, cosine or constant, got {self.schedule!r}")
-        _check(self.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
+    SECTION: ClassVar[str] = "optimizer"
+    name: str = setting("adam", choices=("adam", "adamw", "sgd", "rmsprop"))
+    learning_rate: float = setting(1e-3, low=0, low_open=True)
+    schedule: str = setting("inverse_time", choices=("inverse_time", "cosine", "constant"))
+    decay_steps: int | None = setting(1000, low=1)
+    decay_rate: float = setting(1.0, low=0)
+    min_lr_fraction: float = setting(0.0, low=0, high=1)
+    momentum: float = setting(0.9, low=0, high=1, high_open=True)
+    weight_decay: float | None = setting(None, low=0)
+    clipnorm: float | None = setting(None, low=0, low_open=True)
+    clipvalue: float | None = setting(None, low=0, low_open=True)
 
 
 @dataclass
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(Section):
+    SECTION: ClassVar[str] = "training.early_stopping"
     enabled: bool = True
-    monitor: str = "val_loss"
-    patience: int = 8
+    monitor: str = setting("val_loss", choices=MONITORS)
+    patience: int = setting(8, low=0)
     restore_best_weights: bool = True
 
 
 @dataclass
-class ReduceOnPlateauConfig:
+class ReduceOnPlateauConfig(Section):
+    SECTION: ClassVar[str] = "training.reduce_on_plateau"
     enabled: bool = True
-    monitor: str = "val_loss"
-    factor: float = 0.5
-    patience: int = 3
-    min_lr: float = 1e-6
+    monitor: str = setting("val_loss", choices=MONITORS)
+    factor: float = setting(0.5, low=0, high=1, low_open=True, high_open=True)
+    patience: int = setting(3, low=0)
+    min_lr: float = setting(1e-6, low=0)
 
 
 @dataclass
-class TrainingConfig:
-    epochs: int = 30
-    batch_size: int = 64
+class TrainingConfig(Section):
+    SECTION: ClassVar[str] = "training"
+    epochs: int = setting(30, low=1)
+    batch_size: int = setting(64, low=1)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     reduce_on_plateau: ReduceOnPlateauConfig = field(default_factory=ReduceOnPlateauConfig)
-    label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        _check(self.epochs >= 1 and self.batch_size >= 1,
-               f"training.epochs and training.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        _check(0.0 <= self.label_smoothing < 1.0,
-               f"training.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    label_smoothing: float = setting(0.0, low=0, high=1, high_open=True)
 
 
 @dataclass
-class EnsembleConfig:
+class EnsembleConfig(Section):
+    SECTION: ClassVar[str] = "ensemble"
     members: list[str] = field(default_factory=lambda: ["ldam", "class_weight", "oversample", "focal"])
-    method: str = "stacking"
-    target_sensitivity: float = 0.95
+    method: str = setting("stacking", choices=("stacking", "soft_vote"))
+    target_sensitivity: float = setting(0.95, low=0, high=1, low_open=True, high_open=True)
     fit_vote_weights: bool = True
 
-    def __post_init__(self):
-        _check(self.method in ("stacking", "soft_vote"),
-               f"ensemble.method must be 'stacking' or 'soft_vote', got {self.method!r}")
-        _check(isinstance(self.members, list) and len(self.members) >= 1,
-               f"ensemble.members must list at least one recipe, got {self.members!r}")
-        _check(0.0 < self.target_sensitivity < 1.0,
-               f"ensemble.target_sensitivity must be in (0, 1), got {self.target_sensitivity}")
+    def check(self):
+        self.require(len(self.members) >= 1, f"ensemble.members must list at least one recipe, got {self.members!r}")
 
 
 @dataclass
-class EvaluationConfig:
-    bootstrap: int = 1000
+class EvaluationConfig(Section):
+    SECTION: ClassVar[str] = "evaluation"
+    bootstrap: int = setting(1000, low=0)
 
 
 @dataclass
@@ -315,15 +311,41 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-# command-line keyword -> config path
-_CLI_KEYS = {
-    "epochs": ("training", "epochs"),
-    "image_size": ("data", "image_size"),
-    "batch_size": ("training", "batch_size"),
-    "seed": ("seed",),
-    "magnification": ("data", "magnification"),
-    "label": ("data", "label"),
-    "recipe": ("recipe",),
+@dataclass(frozen=True)
+class CliFlag:
+    """A ``histoedge train`` flag that sets one config key (the one list of them).
+
+    ``training/cli.py`` builds the flags from :data:`CLI_FLAGS`, ``cli_train`` passes them to
+    :func:`load_config` by name, and :func:`load_config` maps them to their keys.
+    """
+
+    key: tuple[str, ...]
+    type: type
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def default(self) -> Any:
+        """The key's built-in default, read from the dataclass fields (nothing is instantiated)."""
+        cls: Any = TrainConfig
+        for part in self.key:
+            f = next(f for f in dataclasses.fields(cls) if f.name == part)
+            if dataclasses.is_dataclass(typing.get_type_hints(cls)[part]):
+                cls = typing.get_type_hints(cls)[part]
+            else:
+                return f.default
+        return None
+
+
+CLI_FLAGS: dict[str, CliFlag] = {
+    "epochs": CliFlag(("training", "epochs"), int, "training epochs per member"),
+    "image_size": CliFlag(("data", "image_size"), int, "model input size in pixels"),
+    "batch_size": CliFlag(("training", "batch_size"), int, "images per training step"),
+    "seed": CliFlag(("seed",), int, "random seed of the split, the members and the meta-learner"),
+    "magnification": CliFlag(("data", "magnification"), str, "BreakHis only: keep one magnification, e.g. 40X"),
+    "label": CliFlag(("data", "label"), str, "BreakHis only: benign/malignant or the 8 subtypes",
+                     ("binary", "subtype")),
+    "recipe": CliFlag(("recipe",), str, "recipe to train when not training the ensemble"),
 }
 
 
@@ -334,8 +356,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Args:
         path: optional YAML file with any subset of the keys.
         overrides: ``"a.b=value"`` strings; values are parsed as YAML.
-        **cli: explicit flags (epochs, image_size, batch_size, seed, magnification, label,
-            recipe); ``None`` means the flag was not given.
+        **cli: explicit flags, named as in :data:`CLI_FLAGS`; ``None`` means the flag was
+            not given.
 
     Example::
 
@@ -356,15 +378,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         merged = _merge_checked(merged, parse_override(text))
     for name, value in cli.items():
-        if name not in _CLI_KEYS:
-            raise ConfigError(f"unknown option '{name}'; valid: {', '.join(sorted(_CLI_KEYS))}")
+        if name not in CLI_FLAGS:
+            raise ConfigError(f"unknown option '{name}'; valid: {', '.join(sorted(CLI_FLAGS))}")
         if value is None:
             continue
         nested: Any = value
-        for part in reversed(_CLI_KEYS[name]):
+        for part in reversed(CLI_FLAGS[name].key):
             nested = {part: nested}
         merged = _merge_checked(merged, nested)
-    return TrainConfig.from_dict(merged)
+    config = TrainConfig.from_dict(merged)
+    _check_recipes(config)
+    return config
+
+
+def _check_recipes(config: TrainConfig) -> None:
+    """Resolve every recipe the run may use, so a bad recipe value fails here, not mid-run."""
+    from histoedge.training.recipes import get_recipe
+
+    for name in dict.fromkeys([config.recipe, *config.ensemble.members, *config.recipes]):
+        get_recipe(name, config).resolve(config)
 
 
 def _merge_checked(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

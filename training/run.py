@@ -227,11 +227,9 @@ def format_summary(metrics: dict) -> str:
 
 def cli_train(args) -> int:
     """``histoedge train``: see ``histoedge train --help``."""
-    from histoedge.training.config import load_config
+    from histoedge.training.config import CLI_FLAGS, load_config
 
-    config = load_config(args.config, args.overrides, epochs=args.epochs, image_size=args.image_size,
-                         batch_size=args.batch_size, seed=args.seed, magnification=args.magnification,
-                         label=args.label, recipe=args.recipe)
+    config = load_config(args.config, args.overrides, **{name: getattr(args, name) for name in CLI_FLAGS})
     started = time.time()
     metrics = train_run(args.data, args.out, config, ensemble=args.ensemble, verbose=2 if args.quiet else 1)
     print(f"\nTest split ({metrics['dataset']['per_split'].get('test', {}).get('n', '?')} images), "

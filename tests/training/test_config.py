@@ -94,3 +94,61 @@ def test_yaml_round_trip(tmp_path):
 def test_bad_values_fail_at_load_time(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.regularizer=l3", "model.regularizer must be one of null, l1, l2, l1_l2, got 'l3'"),
+    ("model.first_padding=bogus", "model.first_padding must be one of valid, same, got 'bogus'"),
+    ("training.early_stopping.patience=-5", "training.early_stopping.patience must be >= 0, got -5"),
+    ("data.split={train: 0.8, val: 0.2, test: 0.2}",
+     "data.split.train, data.split.val and data.split.test must sum to 1, got 1.2"),
+    ("training.epochs=3.5", "training.epochs must be an integer, got 3.5"),
+    ("model.filters=[32, 0]", "each item of model.filters must be >= 1, got 0"),
+    ("optimizer.learning_rate=fast", "optimizer.learning_rate must be a number, got 'fast'"),
+    ("model.batch_norm=maybe", "model.batch_norm must be true or false, got 'maybe'"),
+    ("training.reduce_on_plateau.monitor=val_auc", "training.reduce_on_plateau.monitor must be one of"),
+])
+def test_every_value_is_checked_at_load_with_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_bad_value_in_a_config_recipe_fails_at_load():
+    with pytest.raises(ConfigError, match="recipe 'wide'.*model.first_padding must be one of"):
+        load_config(overrides=["recipes={wide: {base: focal, model: {first_padding: bogus}}}",
+                               "ensemble.members=[wide, ldam]"])
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_config(overrides=["ensemble.members=[ldam, nope]"])
+
+
+def test_cli_fails_at_load_before_touching_the_data(tmp_path, capsys):
+    import histoedge.cli
+
+    code = histoedge.cli.main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"),
+                               "--set", "model.regularizer=l3"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("histoedge train: error: model.regularizer must be one of null, l1, l2, l1_l2, got 'l3'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_flags_come_from_one_table(capsys):
+    import histoedge.cli
+    from histoedge.training.config import CLI_FLAGS
+
+    with pytest.raises(SystemExit):
+        histoedge.cli.main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    defaults = TrainConfig().to_dict()
+    for name, flag in CLI_FLAGS.items():
+        assert f"--{name.replace('_', '-')}" in help_text
+        value = defaults
+        for part in flag.key:
+            value = value[part]
+        assert flag.default == value, name
+    args = histoedge.cli.build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--epochs", "4", "--label", "subtype", "--image-size", "32"])
+    config = load_config(None, None, **{name: getattr(args, name) for name in CLI_FLAGS})
+    assert (config.training.epochs, config.data.label, config.data.image_size) == (4, "subtype", 32)

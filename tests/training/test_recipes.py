@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histoedge.training.config import ConfigError, load_config
+from histoedge.training.config import ConfigError, TrainConfig, deep_merge, load_config, parse_override
 from histoedge.training.recipes import Recipe, get_recipe, list_recipes, register_recipe
 from histoedge.training.trainer import train_member
 
@@ -92,14 +92,22 @@ def test_config_defined_recipe_from_yaml(tmp_path):
 
 
 def test_config_recipe_errors_and_replacing_the_loss():
-    config = load_config(overrides=[
-        "recipes={typo: {base: focal, los: {}}, orphan: {base: nope}, ce: {base: focal, loss: {name: crossentropy}}}"])
+    recipes = "recipes={typo: {base: focal, los: {}}, orphan: {base: nope}, ce: {base: focal, loss: {name: crossentropy}}}"
+    # load_config resolves every recipe, so each mistake fails at load ...
+    for bad, message in (("{typo: {base: focal, los: {}}}", "unknown key 'los'"),
+                         ("{orphan: {base: nope}}", "unknown recipe 'nope' \\(base of 'orphan'\\)"),
+                         ("{deep: {model: {filtrs: [1]}}}", "recipe 'deep'.*'model.filtrs'")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(overrides=[f"recipes={bad}"])
+    # ... and the registry still names it when given a config built without that check.
+    config = TrainConfig.from_dict(deep_merge(TrainConfig().to_dict(), parse_override(recipes)))
     with pytest.raises(ConfigError, match="unknown key 'los'"):
         get_recipe("typo", config)
     with pytest.raises(ConfigError, match="unknown recipe 'nope' \\(base of 'orphan'\\)"):
         get_recipe("orphan", config)
     assert get_recipe("ce", config).loss == {"name": "crossentropy"}  # focal's alpha not carried over
-    bad = load_config(overrides=["recipes={deep: {model: {filtrs: [1]}}}"])
+    bad = TrainConfig.from_dict(deep_merge(TrainConfig().to_dict(),
+                                           parse_override("recipes={deep: {model: {filtrs: [1]}}}")))
     with pytest.raises(ConfigError, match="recipe 'deep'.*'model.filtrs'"):
         get_recipe("deep", bad).resolve(bad)
 
