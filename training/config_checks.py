@@ -54,7 +54,8 @@ class Constraint:
 
     def describe(self) -> str:
         if self.choices is not None:
-            return "one of " + ", ".join("null" if c is None else str(c) for c in self.choices)
+            names = ["null" if c is None else str(c) for c in self.choices]
+            return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
         low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
         high = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
         if low and high:
