@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histoedge.export.manifest import IMAGE, PROBABILITIES
+
 CANDIDATES = {
     "QDQ U8S8 per-channel": dict(quant_format="QDQ", activation_type="QUInt8", weight_type="QInt8",
                                  per_channel=True),
@@ -60,7 +62,7 @@ def seed_cnn(size: int, seed: int):
     x = layers.Flatten()(x)
     x = layers.Dense(256, activation="relu")(x)
     x = layers.Dense(128, activation="relu")(x)
-    outputs = layers.Dense(2, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(2, activation="softmax", name=PROBABILITIES)(x)
     return keras.Model(inputs, outputs)
 
 
@@ -142,14 +144,14 @@ def main(argv=None) -> int:
     times = {name: {b: [] for b in batches} for name in sessions}
     for session in sessions.values():  # warm-up
         for b in batches:
-            session.run(None, {"image": inputs[b]})
+            session.run(None, {IMAGE: inputs[b]})
     for round_index in range(args.rounds):
         for b in batches:
             calls = max(1, 16 // b)
             for name, session in sessions.items():
                 for _ in range(calls):
                     start = time.perf_counter()
-                    session.run(None, {"image": inputs[b]})
+                    session.run(None, {IMAGE: inputs[b]})
                     times[name][b].append((time.perf_counter() - start) * 1000)
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from histoedge.export.manifest import IMAGE, IMAGE_BYTES
+
 GRPC_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _MAX_MESSAGE = 256 * 1024 * 1024
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -90,7 +92,7 @@ class LoadResult:
 # ----------------------------------------------------------------------------- payloads
 
 def oip_tensor_request(model_name: str, images: np.ndarray, model_version: str = "",
-                       input_name: str = "image") -> bytes:
+                       input_name: str = IMAGE) -> bytes:
     """A serialised ``ModelInferRequest`` with a UINT8 [N, H, W, 3] input in raw contents."""
     from tritonclient.grpc import service_pb2
 
@@ -104,7 +106,7 @@ def oip_tensor_request(model_name: str, images: np.ndarray, model_version: str =
 
 
 def oip_png_request(model_name: str, encoded: Sequence[bytes], model_version: str = "",
-                    input_name: str = "image_bytes") -> bytes:
+                    input_name: str = IMAGE_BYTES) -> bytes:
     """A serialised ``ModelInferRequest`` with a BYTES [N] input of encoded images."""
     from tritonclient.grpc import service_pb2
 

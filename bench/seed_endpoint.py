@@ -24,49 +24,32 @@ from typing import Sequence
 
 import numpy as np
 
+from histoedge.export.ensemble_spec import ENSEMBLE_FILE, EnsembleSpec
+from histoedge.export.manifest import IMAGE, LABEL, PROBABILITIES
+
 
 def build_ensemble(run: Path):
-    """(Keras model image -> [N, M, C] member probabilities, ensemble.json dict)."""
+    """(Keras model image -> [N, M, C] member probabilities, the checked ensemble.json)."""
     import keras
 
-    ensemble = json.loads((run / "ensemble.json").read_text())
+    ensemble = EnsembleSpec.load(run / ENSEMBLE_FILE)
     members = []
-    for name in ensemble["members"]:
+    for name in ensemble.members:
         loaded = keras.models.load_model(run / "members" / name / "model.keras", compile=False)
         # every member is saved under the same model name; the ensemble needs distinct ones
         members.append(keras.Model(loaded.inputs, loaded.outputs, name=f"member_{name}"))
-    size = int(ensemble["image_size"])
-    image = keras.Input((size, size, 3), name="image")
+    size = ensemble.image_size
+    image = keras.Input((size, size, 3), name=IMAGE)
     outputs = [member(image) for member in members]
     stacked = keras.layers.Lambda(lambda ps: keras.ops.stack(ps, axis=1))(outputs) if len(outputs) > 1 \
         else keras.layers.Reshape((1, -1))(outputs[0])
     return keras.Model(image, stacked), ensemble
 
 
-def combine(member_probabilities: np.ndarray, ensemble: dict) -> np.ndarray:
-    """The meta-model of ensemble.json applied to [N, M, C] member probabilities."""
-    n = member_probabilities.shape[0]
-    if ensemble["method"] == "stacking":
-        features = member_probabilities.reshape(n, -1)
-        coef = np.asarray(ensemble["stacking"]["coef"], dtype=np.float64)
-        intercept = np.asarray(ensemble["stacking"]["intercept"], dtype=np.float64)
-        if coef.shape[0] == 1:
-            positive = 1.0 / (1.0 + np.exp(-(features @ coef[0] + intercept[0])))
-            return np.stack([1.0 - positive, positive], axis=1)
-        logits = features @ coef.T + intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    if ensemble["method"] == "soft_vote":
-        weights = np.asarray(ensemble["soft_vote"]["weights"])
-        return np.tensordot(weights, member_probabilities, axes=([0], [1]))
-    return member_probabilities[:, 0]
-
-
-def make_handler(model, ensemble: dict):
+def make_handler(model, ensemble: EnsembleSpec):
     import cv2
 
-    size = int(ensemble["image_size"])
-    classes = ensemble["classes"]
+    size, classes = ensemble.image_size, ensemble.classes
 
     class PredictHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"       # keep-alive, like any real client would use
@@ -96,9 +79,9 @@ def make_handler(model, ensemble: dict):
                 return
             image = cv2.resize(image[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA)
             members = model.predict(image[None].astype(np.float32), verbose=0)
-            probabilities = combine(members, ensemble)[0]
-            self._reply(200, {"label": classes[int(np.argmax(probabilities))],
-                              "probabilities": probabilities.tolist()})
+            probabilities = ensemble.combine(members)[0]
+            self._reply(200, {LABEL: classes[int(np.argmax(probabilities))],
+                              PROBABILITIES: probabilities.tolist()})
 
     return PredictHandler
 
@@ -116,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     model, ensemble = build_ensemble(Path(args.run))
-    size = int(ensemble["image_size"])
+    size = ensemble.image_size
     model.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)   # build predict_function once
     server = ThreadingHTTPServer((args.host, args.port), make_handler(model, ensemble))
     print(f"seed-style endpoint on http://{args.host}:{args.port}/predict", flush=True)

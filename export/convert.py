@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from histoedge.export.manifest import PROBABILITIES
 from histoedge.export.repository import ExportError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 MEMBER_INPUT = "x"
-MEMBER_OUTPUT = "probabilities"
+MEMBER_OUTPUT = PROBABILITIES  # each member subgraph's output, before prefixing
 
 
 def _tf():

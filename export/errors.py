@@ -18,3 +18,7 @@ class ManifestError(ExportError, ValueError):
 
     Also a :class:`ValueError`, as it always was, for callers that catch that.
     """
+
+
+class EnsembleSpecError(ExportError, ValueError):
+    """An ``ensemble.json`` that is missing, malformed, or whose fields do not fit each other."""

@@ -7,7 +7,8 @@ Layout of the graph::
         -> meta-learner (stacking / soft vote / single) -> probabilities FP32 [N,C]
 
 The meta-learner nodes are named ``ensemble/...`` so quantisation can leave them in float.
-:class:`EnsembleSpec` also computes the meta-learner in numpy, the reference for parity checks.
+They compute what :meth:`EnsembleSpec.combine` (the ``ensemble.json`` contract in
+:mod:`histoedge.export.ensemble_spec`) computes in numpy, the reference for parity checks.
 
 Example::
 
@@ -18,108 +19,18 @@ Example::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from histoedge.export.convert import MEMBER_INPUT, MEMBER_OUTPUT
+from histoedge.export.ensemble_spec import EnsembleSpec
+from histoedge.export.manifest import IMAGE, MEMBER_PROBABILITIES, PROBABILITIES
 from histoedge.export.repository import ExportError
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-MEMBER_OUTPUTS_NAME = "member_probabilities"
+__all__ = ["EnsembleSpec", "META_PREFIX", "build_ensemble_model", "set_metadata"]
+
 META_PREFIX = "ensemble/"
-METHODS = ("stacking", "soft_vote", "single")
-
-
-@dataclass(frozen=True)
-class EnsembleSpec:
-    """The contents of ``ensemble.json`` that the graph needs (see the shared brief)."""
-
-    method: str
-    members: tuple[str, ...]
-    classes: tuple[str, ...]
-    image_size: int
-    positive_class: int | None = None
-    threshold: float | None = None
-    stacking: dict[str, Any] = field(default_factory=dict)
-    soft_vote: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EnsembleSpec":
-        try:
-            spec = cls(method=str(data["method"]), members=tuple(data["members"]),
-                       classes=tuple(data["classes"]), image_size=int(data["image_size"]),
-                       positive_class=data.get("positive_class"), threshold=data.get("threshold"),
-                       stacking=dict(data.get("stacking") or {}),
-                       soft_vote=dict(data.get("soft_vote") or {}))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ExportError(f"malformed ensemble.json: {error!r}") from error
-        spec.validate()
-        return spec
-
-    @classmethod
-    def load(cls, path: Path) -> "EnsembleSpec":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ExportError(f"cannot read {path}: {error}") from error
-
-    @property
-    def n_members(self) -> int:
-        return len(self.members)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes)
-
-    def validate(self) -> None:
-        m, c = self.n_members, self.n_classes
-        if self.method not in METHODS:
-            raise ExportError(f"ensemble method {self.method!r} is not one of {METHODS}")
-        if m < 1 or c < 2:
-            raise ExportError(f"ensemble needs >= 1 member and >= 2 classes, got {m} and {c}")
-        if self.method == "single" and m != 1:
-            raise ExportError(f"method 'single' needs one member, got {m}")
-        if self.method == "stacking":
-            coef, intercept = self.stacking_weights()
-            rows = 1 if c == 2 else c
-            if coef.shape != (rows, m * c) or intercept.shape != (rows,):
-                raise ExportError(f"stacking coef {coef.shape} / intercept {intercept.shape} "
-                                  f"do not fit {m} members x {c} classes")
-        if self.method == "soft_vote" and self.vote_weights().shape != (m,):
-            raise ExportError(f"soft_vote weights must have {m} entries")
-
-    def stacking_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            return (np.atleast_2d(np.asarray(self.stacking["coef"], dtype=np.float64)),
-                    np.asarray(self.stacking["intercept"], dtype=np.float64).reshape(-1))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ExportError(f"ensemble.json stacking needs numeric coef and intercept: {error!r}") from error
-
-    def vote_weights(self) -> np.ndarray:
-        weights = self.soft_vote.get("weights")
-        if weights is None:
-            return np.full(self.n_members, 1.0 / self.n_members)
-        return np.asarray(weights, dtype=np.float64)
-
-    def combine(self, member_probabilities: np.ndarray) -> np.ndarray:
-        """Reference meta-learner in numpy: [N, M, C] member probabilities -> [N, C]."""
-        p = np.asarray(member_probabilities, dtype=np.float64)
-        if self.method == "single":
-            return p[:, 0]
-        if self.method == "soft_vote":
-            return np.einsum("nmc,m->nc", p, self.vote_weights())
-        coef, intercept = self.stacking_weights()
-        logits = p.reshape(len(p), -1) @ coef.T + intercept
-        if self.n_classes == 2:
-            positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-            return np.stack([1.0 - positive, positive], axis=1)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _meta_nodes(spec: EnsembleSpec, first_member_output: str) -> tuple[list, list]:
@@ -135,15 +46,15 @@ def _meta_nodes(spec: EnsembleSpec, first_member_output: str) -> tuple[list, lis
 
     p = META_PREFIX
     if spec.method == "single":
-        return [node("Identity", [first_member_output], OUTPUT_NAME)], []
+        return [node("Identity", [first_member_output], PROBABILITIES)], []
     if spec.method == "soft_vote":
-        weights = spec.vote_weights().reshape(1, -1, 1)
-        return ([node("Mul", [MEMBER_OUTPUTS_NAME, p + "weights"], p + "weighted"),
-                 node("ReduceSum", [p + "weighted", p + "axis1"], OUTPUT_NAME, keepdims=0)],
+        weights = np.asarray(spec.vote_weights()).reshape(1, -1, 1)
+        return ([node("Mul", [MEMBER_PROBABILITIES, p + "weights"], p + "weighted"),
+                 node("ReduceSum", [p + "weighted", p + "axis1"], PROBABILITIES, keepdims=0)],
                 [const("weights", weights), const("axis1", [1], np.int64)])
-    coef, intercept = spec.stacking_weights()
+    coef, intercept = np.asarray(spec.stacking_coef()), np.asarray(spec.stacking_intercept())
     m_c = spec.n_members * spec.n_classes
-    nodes = [node("Reshape", [MEMBER_OUTPUTS_NAME, p + "features_shape"], p + "features"),
+    nodes = [node("Reshape", [MEMBER_PROBABILITIES, p + "features_shape"], p + "features"),
              node("MatMul", [p + "features", p + "coef"], p + "logits_raw"),
              node("Add", [p + "logits_raw", p + "intercept"], p + "logits")]
     inits = [const("features_shape", [-1, m_c], np.int64), const("coef", coef.T),
@@ -151,10 +62,10 @@ def _meta_nodes(spec: EnsembleSpec, first_member_output: str) -> tuple[list, lis
     if spec.n_classes == 2:
         nodes += [node("Sigmoid", [p + "logits"], p + "positive"),
                   node("Sub", [p + "one", p + "positive"], p + "negative"),
-                  node("Concat", [p + "negative", p + "positive"], OUTPUT_NAME, axis=1)]
+                  node("Concat", [p + "negative", p + "positive"], PROBABILITIES, axis=1)]
         inits.append(const("one", 1.0))
     else:
-        nodes.append(node("Softmax", [p + "logits"], OUTPUT_NAME, axis=1))
+        nodes.append(node("Softmax", [p + "logits"], PROBABILITIES, axis=1))
     return nodes, inits
 
 
@@ -170,7 +81,7 @@ def build_ensemble_model(members: list, spec: EnsembleSpec, metadata: dict[str, 
     if len(default_opsets) != 1:
         raise ExportError(f"members were converted at different opsets: {sorted(default_opsets)}")
     size = spec.image_size
-    nodes = [helper.make_node("Cast", [INPUT_NAME], [META_PREFIX + "image_float"],
+    nodes = [helper.make_node("Cast", [IMAGE], [META_PREFIX + "image_float"],
                               name=META_PREFIX + "cast", to=TensorProto.FLOAT)]
     initializers, value_info, member_outputs = [], [], []
     for index, member in enumerate(members):
@@ -187,7 +98,7 @@ def build_ensemble_model(members: list, spec: EnsembleSpec, metadata: dict[str, 
                                       [unsqueezed], name=unsqueezed))
         member_outputs.append(unsqueezed)
     initializers.append(numpy_helper.from_array(np.array([1], np.int64), META_PREFIX + "axis1"))
-    nodes.append(helper.make_node("Concat", member_outputs, [MEMBER_OUTPUTS_NAME],
+    nodes.append(helper.make_node("Concat", member_outputs, [MEMBER_PROBABILITIES],
                                   name=META_PREFIX + "stack", axis=1))
     meta_nodes, meta_inits = _meta_nodes(spec, f"m0_{_safe(spec.members[0])}/{MEMBER_OUTPUT}")
     nodes.extend(meta_nodes)
@@ -195,9 +106,9 @@ def build_ensemble_model(members: list, spec: EnsembleSpec, metadata: dict[str, 
     c, m = spec.n_classes, spec.n_members
     graph = helper.make_graph(
         nodes, "histoedge_ensemble",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", c]),
-         helper.make_tensor_value_info(MEMBER_OUTPUTS_NAME, TensorProto.FLOAT, ["N", m, c])],
+        [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, ["N", size, size, 3])],
+        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", c]),
+         helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, ["N", m, c])],
         initializer=initializers, value_info=value_info)
     model = helper.make_model(
         graph, producer_name="histoedge",

@@ -1,28 +1,76 @@
-"""The model package manifest: ``MODELS/<name>/<version>/manifest.json``.
+"""The model package contract: tensor names, version folders and ``manifest.json``.
 
-This module only uses the standard library so that the serving side can read
-manifests without TensorFlow, tf2onnx or onnx installed.
+A model package is ``MODELS/<name>/<version>/{model.onnx, manifest.json}``.  Every
+stage takes these facts from here: the export writes packages, the server reads
+them, the client and the tests speak the same tensor names.  This module only uses
+the standard library so that the serving side can read manifests without
+TensorFlow, tf2onnx or onnx installed.
 
 Example::
 
     manifest = Manifest.load(Path("models/breast/3"))
     manifest.check_checksum(Path("models/breast/3"))
+    version_folders(Path("models/breast"))      # {3: Path("models/breast/3")}
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import histoedge
 from histoedge.export.errors import ManifestError
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 SCHEMA_VERSION = 1
+
+# Tensor names.  The graph takes IMAGE and gives PROBABILITIES and MEMBER_PROBABILITIES;
+# the server also accepts IMAGE_BYTES (encoded images it decodes and resizes to IMAGE)
+# and answers LABEL (class names from PROBABILITIES and the manifest's threshold).
+IMAGE = "image"                                 # UINT8 [N, H, W, 3], RGB
+IMAGE_BYTES = "image_bytes"                     # BYTES [N], PNG/JPEG/TIFF/BMP files
+PROBABILITIES = "probabilities"                 # FP32 [N, C], the ensemble's
+MEMBER_PROBABILITIES = "member_probabilities"   # FP32 [N, M, C], each member's
+LABEL = "label"                                 # BYTES [N], UTF-8 class names
+
+# A version folder is a positive integer written in ASCII digits without leading zeros,
+# small enough for an int64 (the protocol's version numbers).  ``str.isdigit`` is not
+# the rule: it accepts '²', '①' and Arabic-Indic digits.  Anything else in a model
+# folder (".tmp-3-..." staging folders, "latest", "0", "007") is not a version.
+MAX_VERSION_DIGITS = 18
+_VERSION = re.compile(f"[1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}}")
+
+
+def parse_version(text: str) -> int | None:
+    """The version number ``text`` (a folder name or a request's version) stands for, or None.
+
+    Example::
+
+        parse_version("12") == 12 and parse_version("012") is None and parse_version("²") is None
+    """
+    if not isinstance(text, str) or not _VERSION.fullmatch(text):
+        return None
+    return int(text)
+
+
+def version_folders(model_dir: Path) -> dict[int, Path]:
+    """Published versions of one model: version number -> folder, in ascending order."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return {}
+    found = {}
+    for path in model_dir.iterdir():
+        number = parse_version(path.name)
+        if number is not None and path.is_dir():
+            found[number] = path
+    return dict(sorted(found.items()))
 
 
 
@@ -88,7 +136,7 @@ class Manifest:
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) the model expects, read from the ``image`` input."""
-        spec = self.input("image")
+        spec = self.input(IMAGE)
         return int(spec.shape[1]), int(spec.shape[2])
 
     def input(self, name: str) -> TensorSpec:
@@ -160,3 +208,38 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def build_manifest(*, name: str, version: int, image_size: int, classes: Sequence[str],
+                   members: Sequence[str], sha256: str, precision: str = "fp32",
+                   threshold: float | None = None, positive_class: int | None = None,
+                   metrics: dict[str, Any] | None = None, source: str = "",
+                   extra: dict[str, Any] | None = None) -> Manifest:
+    """The manifest of an ensemble graph that follows the contract (square RGB input).
+
+    Args:
+        image_size: side of the square ``image`` input.
+        classes, members: column order of ``probabilities`` and row order of
+            ``member_probabilities``.
+        sha256: digest of ``model.onnx`` (:func:`sha256_file`).
+        threshold, positive_class: binary decision rule, or None for arg-max.
+
+    Example::
+
+        manifest = build_manifest(name="breast", version=3, image_size=64,
+                                  classes=("benign", "malignant"), members=("a", "b"),
+                                  sha256=sha256_file(path), threshold=0.4, positive_class=1)
+    """
+    classes, members = tuple(classes), tuple(members)
+    c, m = len(classes), len(members)
+    return Manifest(
+        name=name, version=int(version),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        inputs=(TensorSpec(IMAGE, "UINT8", (-1, image_size, image_size, 3)),),
+        outputs=(TensorSpec(PROBABILITIES, "FP32", (-1, c)),
+                 TensorSpec(MEMBER_PROBABILITIES, "FP32", (-1, m, c))),
+        classes=classes, threshold=threshold, positive_class=positive_class,
+        preprocessing={"color": "RGB", "resize": [image_size, image_size], "interpolation": "area",
+                       "scaling": "in-graph"},
+        precision=precision, members=members, sha256=sha256, metrics=dict(metrics or {}),
+        source=source, toolkit_version=histoedge.__version__, extra=dict(extra or {}))

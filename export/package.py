@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ import numpy as np
 import histoedge
 from histoedge.export import data
 from histoedge.export.convert import DEFAULT_OPSET, KerasMember, convert_member, has_rescaling, load_keras_model
-from histoedge.export.graph import EnsembleSpec, build_ensemble_model, set_metadata
-from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, TensorSpec, sha256_file
+from histoedge.export.ensemble_spec import ENSEMBLE_FILE, EnsembleSpec
+from histoedge.export.graph import build_ensemble_model, set_metadata
+from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, build_manifest, sha256_file
 from histoedge.export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
 from histoedge.export.repository import ExportError, VersionWriter
 from histoedge.export.verify import make_session, measure_latency, predict
@@ -89,9 +89,9 @@ def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
     """Export the ensemble of a training run directory (see the shared brief's layout)."""
     options = options or ExportOptions()
     run_dir = Path(run_dir)
-    spec_path = run_dir / "ensemble.json"
+    spec_path = run_dir / ENSEMBLE_FILE
     if not spec_path.is_file():
-        raise ExportError(f"{run_dir} has no ensemble.json; is it a finished training run?")
+        raise ExportError(f"{run_dir} has no {ENSEMBLE_FILE}; is it a finished training run?")
     spec = EnsembleSpec.load(spec_path)
     writer = VersionWriter(repo, name, version)  # fail fast on an existing version
     paths = [run_dir / "members" / member / "model.keras" for member in spec.members]
@@ -217,7 +217,7 @@ def _export(source: ExportSource, writer: VersionWriter, options: ExportOptions)
 
 def _check_parity(source: ExportSource, session, tolerance: float) -> float:
     images = source.parity_images
-    keras_members = np.stack([member.predict(images) for member in source.members], axis=1)
+    keras_members = np.stack([member.predict(images) for member in source.members], axis=1)  # [N, M, C]
     expected = source.spec.combine(keras_members)
     probabilities, members = predict(session, images)
     diff = float(max(np.abs(members - keras_members).max(), np.abs(probabilities - expected).max()))
@@ -262,18 +262,11 @@ def _metadata(source: ExportSource, writer: VersionWriter, options: ExportOption
 def _manifest(source: ExportSource, writer: VersionWriter, options: ExportOptions, sha256: str,
               metrics: dict[str, Any], extra: dict[str, Any]) -> Manifest:
     spec = source.spec
-    size, c, m = spec.image_size, spec.n_classes, spec.n_members
-    return Manifest(
-        name=writer.model_dir.name, version=writer.version,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        inputs=(TensorSpec("image", "UINT8", (-1, size, size, 3)),),
-        outputs=(TensorSpec("probabilities", "FP32", (-1, c)),
-                 TensorSpec("member_probabilities", "FP32", (-1, m, c))),
-        classes=spec.classes, threshold=spec.threshold, positive_class=spec.positive_class,
-        preprocessing={"color": "RGB", "resize": [size, size], "interpolation": "area",
-                       "scaling": "in-graph"},
-        precision=options.precision, members=spec.members, sha256=sha256, metrics=metrics,
-        source=source.description, toolkit_version=histoedge.__version__, extra=extra)
+    return build_manifest(
+        name=writer.model_dir.name, version=writer.version, image_size=spec.image_size,
+        classes=spec.classes, members=spec.members, sha256=sha256, precision=options.precision,
+        threshold=spec.threshold, positive_class=spec.positive_class, metrics=metrics,
+        source=source.description, extra=extra)
 
 
 def _member_name(path: Path) -> str:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from histoedge.export.graph import INPUT_NAME, META_PREFIX
+from histoedge.export.graph import META_PREFIX
+from histoedge.export.manifest import IMAGE
 from histoedge.export.repository import ExportError
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class ImageCalibrationReader(CalibrationDataReader):
             return None
         batch = self._batches[self._position]
         self._position += 1
-        return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.uint8)}
+        return {IMAGE: np.ascontiguousarray(batch, dtype=np.uint8)}
 
     def rewind(self) -> None:
         self._position = 0

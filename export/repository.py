@@ -2,7 +2,7 @@
 
 A version appears all at once or not at all. It is built in a hidden staging
 directory inside ``MODELS/<name>/`` (``.tmp-<version>-<pid>-<random>``, which
-readers ignore because only all-digit names are versions), every file and the
+readers ignore: see :func:`histoedge.export.manifest.parse_version`), every file and the
 directory are fsynced, and the directory is renamed to its final name. A crash
 or Ctrl-C leaves at most a hidden staging directory, which the next export of
 that name removes once the process that made it is gone.
@@ -29,23 +29,19 @@ import shutil
 from pathlib import Path
 
 from histoedge.export.errors import ExportError
+from histoedge.export.manifest import version_folders
 
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_STAGING_PATTERN = re.compile(r"^\.tmp-\d+-(\d+)-[0-9a-f]+$")
-
+_STAGING_PATTERN = re.compile(r"^\.tmp-[0-9]+-([0-9]+)-[0-9a-f]+$")
 
 
 def list_versions(model_dir: Path) -> list[int]:
-    """Sorted published versions of one model (all-digit directory names only)."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    """Sorted published versions of one model (version folders only)."""
+    return list(version_folders(model_dir))
 
 
 def next_version(model_dir: Path) -> int:

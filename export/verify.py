@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histoedge.export.manifest import MODEL_FILE, Manifest, ManifestError
+from histoedge.export.manifest import (IMAGE, MEMBER_PROBABILITIES, MODEL_FILE, PROBABILITIES, Manifest,
+                                       ManifestError)
 from histoedge.export.repository import ExportError
 
 _ORT_TYPES = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)", "FP16": "tensor(float16)",
@@ -45,8 +46,8 @@ def predict(session, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarr
     """(probabilities [N, C], member_probabilities [N, M, C]) for uint8 images."""
     probs, members = [], []
     for start in range(0, len(images), batch_size):
-        p, m = session.run(["probabilities", "member_probabilities"],
-                           {"image": np.ascontiguousarray(images[start:start + batch_size])})
+        p, m = session.run([PROBABILITIES, MEMBER_PROBABILITIES],
+                           {IMAGE: np.ascontiguousarray(images[start:start + batch_size])})
         probs.append(p)
         members.append(m)
     return np.concatenate(probs), np.concatenate(members)
@@ -59,11 +60,11 @@ def measure_latency(session, image_size: int, batch_sizes: tuple[int, ...] = (1,
     result = {}
     for batch in batch_sizes:
         images = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
-        session.run(None, {"image": images})
+        session.run(None, {IMAGE: images})
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            session.run(None, {"image": images})
+            session.run(None, {IMAGE: images})
             times.append((time.perf_counter() - start) * 1000.0)
         result[f"batch_{batch}_ms"] = round(float(np.median(times)), 3)
     return result
@@ -146,12 +147,12 @@ def _check_batch(report, manifest: Manifest, session, batch_size: int, tolerance
     images = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8)
     names = [spec.name for spec in manifest.outputs]
     try:
-        outputs = dict(zip(names, session.run(names, {"image": images})))
+        outputs = dict(zip(names, session.run(names, {IMAGE: images})))
     except Exception as error:  # onnxruntime raises its own exception types
         report.add("test batch", False, str(error).splitlines()[0])
         return
     c, m = len(manifest.classes), len(manifest.members)
-    expected = {"probabilities": (batch_size, c), "member_probabilities": (batch_size, m, c)}
+    expected = {PROBABILITIES: (batch_size, c), MEMBER_PROBABILITIES: (batch_size, m, c)}
     for name, array in outputs.items():
         want = expected.get(name)
         report.add(f"{name} shape", want is None or array.shape == want,

@@ -20,6 +20,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from histoedge import HistoedgeError
+from histoedge.export.manifest import IMAGE, IMAGE_BYTES, LABEL, PROBABILITIES
 from histoedge.serving import codecs
 from histoedge.serving._proto import inference_pb2 as pb
 from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
@@ -123,7 +124,7 @@ class InferenceClient:
 
     def classify_arrays(self, images: np.ndarray, model: str = "", version: str = "") -> list[Prediction]:
         """Classify uint8 [N, H, W, 3] RGB images already at the model's size."""
-        tensor = Tensor("image", "UINT8", np.ascontiguousarray(images, dtype=np.uint8))
+        tensor = Tensor(IMAGE, "UINT8", np.ascontiguousarray(images, dtype=np.uint8))
         return self._predictions(tensor, [str(i) for i in range(len(images))], model, version)
 
     def classify_bytes(self, encoded: Sequence[bytes], model: str = "", version: str = "",
@@ -132,14 +133,14 @@ class InferenceClient:
         data = np.empty(len(encoded), dtype=object)
         data[:] = [bytes(item) for item in encoded]
         names = list(sources) if sources is not None else [str(i) for i in range(len(encoded))]
-        return self._predictions(Tensor("image_bytes", "BYTES", data), names, model, version)
+        return self._predictions(Tensor(IMAGE_BYTES, "BYTES", data), names, model, version)
 
     def _predictions(self, tensor: Tensor, sources: list[str], model: str, version: str) -> list[Prediction]:
         parameters = self._model_parameters(model, version)  # before: a draining server takes no new calls
-        outputs, _ = self.infer([tensor], model, version, outputs=("probabilities", "label"))
+        outputs, _ = self.infer([tensor], model, version, outputs=(PROBABILITIES, LABEL))
         positive = parameters.get("positive_class")
         result = []
-        for source, label, row in zip(sources, outputs["label"], outputs["probabilities"]):
+        for source, label, row in zip(sources, outputs[LABEL], outputs[PROBABILITIES]):
             label = label.decode("utf-8")
             if positive is not None:
                 probability = float(row[positive])

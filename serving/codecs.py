@@ -8,7 +8,7 @@ element is a 4-byte little-endian length followed by that many bytes.
 Example::
 
     tensor = decode_input(request.inputs[0], request.raw_input_contents[0])
-    message, raw = encode_output(Tensor("label", "BYTES", np.array([b"benign"], dtype=object)))
+    message, raw = encode_output(Tensor(LABEL, "BYTES", np.array([b"benign"], dtype=object)))
 """
 
 from __future__ import annotations

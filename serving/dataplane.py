@@ -3,7 +3,7 @@
 Example::
 
     plane = DataPlane(registry, metrics)
-    response = plane.infer(InferenceRequest(model_name="breast", inputs=[Tensor("image", "UINT8", x)]))
+    response = plane.infer(InferenceRequest(model_name="breast", inputs=[Tensor(IMAGE, "UINT8", x)]))
 """
 
 from __future__ import annotations

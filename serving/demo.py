@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from histoedge import HistoedgeError
+from histoedge.export.manifest import MANIFEST_FILE, version_folders
 
 MODEL_NAME = "breast"
 HEALTH_TIMEOUT_S = 120.0
@@ -47,11 +48,9 @@ def _free_port() -> int:
 
 def _existing_export(repo: Path, run: Path, precision: str) -> Path | None:
     """The newest version in ``repo`` exported from ``run`` at ``precision``, if any."""
-    versions = sorted((p for p in (repo / MODEL_NAME).glob("*") if p.name.isdigit()),
-                      key=lambda p: int(p.name))
-    for version_dir in reversed(versions):
+    for version_dir in reversed(version_folders(repo / MODEL_NAME).values()):
         try:
-            manifest = json.loads((version_dir / "manifest.json").read_text())
+            manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
         except (OSError, ValueError):
             continue
         if manifest.get("precision") == precision and \
@@ -89,7 +88,7 @@ def _wait_healthy(server: subprocess.Popen, address: str) -> None:
 
 
 def _print_metrics(run: Path, version_dir: Path) -> None:
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
     print(f"\nModel {manifest['name']} version {manifest['version']} ({manifest['precision']}), "
           f"decision threshold {manifest.get('threshold')}; test split metrics:")
     metrics = manifest.get("metrics", {})

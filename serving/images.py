@@ -16,6 +16,7 @@ import struct
 import cv2
 import numpy as np
 
+from histoedge.export.manifest import IMAGE_BYTES
 from histoedge.serving.errors import InvalidInputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -107,5 +108,5 @@ def decode_images(items, size: tuple[int, int], max_pixels: int) -> np.ndarray:
         try:
             batch[index] = decode_image(bytes(data), size, max_pixels)
         except InvalidInputError as error:
-            raise InvalidInputError(f"image_bytes[{index}]: {error}") from None
+            raise InvalidInputError(f"{IMAGE_BYTES}[{index}]: {error}") from None
     return batch

@@ -1,7 +1,8 @@
 """The model repository on disk and the registry of loaded model versions.
 
-Layout: ``MODELS/<name>/<version>/{model.onnx,manifest.json}``.  Only all-digit
-version folders count; folders starting with "." are exports in progress.
+Layout: ``MODELS/<name>/<version>/{model.onnx,manifest.json}``.  Only version
+folders count (:func:`histoedge.export.manifest.parse_version`); folders starting
+with "." are exports in progress.
 
 The registry loads every version it finds, serves the highest by default, and
 rescans on :meth:`ModelRegistry.refresh` (called by a polling thread and on
@@ -24,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from histoedge.export.manifest import MANIFEST_FILE, MODEL_FILE
+from histoedge.export.manifest import MANIFEST_FILE, MODEL_FILE, parse_version, version_folders
 from histoedge.serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from histoedge.serving.runtime import ModelLoadError, ModelVersion
 
@@ -45,8 +46,7 @@ class ModelRepository:
         for model_dir in sorted(self.root.iterdir()):
             if model_dir.name.startswith(".") or not model_dir.is_dir():
                 continue
-            versions = {int(d.name): d for d in model_dir.iterdir()
-                        if d.name.isdigit() and int(d.name) > 0 and d.is_dir()}
+            versions = version_folders(model_dir)
             if versions:  # a folder without versions is not a model (yet)
                 found[model_dir.name] = versions
         return found
@@ -114,11 +114,12 @@ class ModelRegistry:
                 f"unknown model '{name}'; this server serves {', '.join(self._known) or 'no models'}")
         if not version:
             return loaded[max(loaded)]
-        if not version.isdigit() or int(version) not in loaded:
+        number = parse_version(version)
+        if number not in loaded:
             raise ModelNotFoundError(
                 f"model '{name}' has no version '{version}'; loaded versions: "
                 f"{', '.join(map(str, sorted(loaded)))}")
-        return loaded[int(version)]
+        return loaded[number]
 
     def ready(self, name: str, version: str = "") -> bool:
         try:

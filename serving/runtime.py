@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
-from histoedge.export.manifest import MODEL_FILE, Manifest, ManifestError
+from histoedge.export.manifest import (IMAGE, IMAGE_BYTES, LABEL, MODEL_FILE, PROBABILITIES, Manifest,
+                                       ManifestError)
 from histoedge.serving import images
 from histoedge.serving.batcher import Batcher, Outputs
 from histoedge.serving.errors import InvalidInputError, ModelLoadError
@@ -35,9 +36,7 @@ DEVICE_PROVIDERS = {
     "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "tensorrt": PROVIDER_PRIORITY,
 }
-IMAGE, IMAGE_BYTES, LABEL = "image", "image_bytes", "label"
 RunHook = Callable[[Callable[[np.ndarray], Outputs]], Callable[[np.ndarray], Outputs]]
-
 
 
 def select_providers(device: str) -> list[str]:
@@ -123,8 +122,8 @@ class ModelVersion:
         inputs = {i.name: i for i in self.session.get_inputs()}
         if IMAGE not in inputs or inputs[IMAGE].type != "tensor(uint8)":
             raise ModelLoadError(f"{self.path}: the graph needs a uint8 input named '{IMAGE}'")
-        if "probabilities" not in self.output_names:
-            raise ModelLoadError(f"{self.path}: the graph has no output 'probabilities'")
+        if PROBABILITIES not in self.output_names:
+            raise ModelLoadError(f"{self.path}: the graph has no output '{PROBABILITIES}'")
         try:
             self.image_size
         except (KeyError, IndexError, ValueError) as error:
@@ -137,7 +136,7 @@ class ModelVersion:
             outputs = self._run(np.zeros((1, height, width, 3), dtype=np.uint8))
         except Exception as error:
             raise ModelLoadError(f"{self.path}: warm-up inference failed: {error}") from error
-        classes = outputs["probabilities"].shape[-1]
+        classes = outputs[PROBABILITIES].shape[-1]
         if classes != len(self.manifest.classes):
             raise ModelLoadError(f"{self.path}: the graph gives {classes} classes, the manifest "
                                  f"names {len(self.manifest.classes)}")
@@ -208,7 +207,7 @@ class ModelVersion:
         result = []
         for name in names:
             if name == LABEL:
-                result.append(Tensor(LABEL, "BYTES", self.labels(outputs["probabilities"])))
+                result.append(Tensor(LABEL, "BYTES", self.labels(outputs[PROBABILITIES])))
             else:
                 result.append(Tensor(name, "FP32", np.asarray(outputs[name], dtype=np.float32)))
         return result

@@ -5,13 +5,13 @@ members' validation probabilities and labels and nothing else, and the decision 
 chosen on the same validation rows.  The test split is used once, afterwards, to score.
 
 ``ensemble.json`` holds everything needed to recompute the ensemble's probabilities from the
-members' probabilities (the export stage rebuilds the same arithmetic in ONNX):
+members' probabilities.  Its format, its checks and the meta-learner's arithmetic are defined
+once, in :mod:`histoedge.export.ensemble_spec`, which the export stage reads too; the weights
+are fitted here:
 
-- ``stacking``: features ``X = [p_m0_c0, p_m0_c1, ..., p_m1_c0, ...]`` (member-major, [N, M*C]);
-  binary ``P(1) = sigmoid(X @ coef[0] + intercept[0])``; multi-class
-  ``softmax(X @ coef.T + intercept)``.
-- ``soft_vote``: ``sum_m w_m * p_m`` with weights on the simplex, either uniform or fitted on
-  validation by minimising the log loss (weights parametrised as a softmax, L-BFGS).
+- ``stacking``: logistic regression on member-major features ``[p_m0_c0, p_m0_c1, ..., p_m1_c0, ...]``.
+- ``soft_vote``: weights on the simplex, either uniform or fitted on validation by minimising the
+  log loss (weights parametrised as a softmax, L-BFGS).
 - ``single``: the one member's probabilities.
 
 Example:
@@ -32,13 +32,13 @@ from typing import Sequence
 
 import numpy as np
 
+from histoedge.export.ensemble_spec import METHODS, EnsembleSpec
+from histoedge.export.errors import EnsembleSpecError
 from histoedge.training.errors import EnsembleError
 
-METHODS = ("stacking", "soft_vote", "single")
 DEFAULT_STACKING_C = 1.0
 
 log = logging.getLogger(__name__)
-
 
 
 def stack_features(member_probs: Sequence[np.ndarray]) -> np.ndarray:
@@ -101,18 +101,12 @@ class Ensemble:
         """Ensemble probabilities [N, C] from the members' probabilities (one [N, C] array each)."""
         if len(member_probs) != len(self.members):
             raise EnsembleError(f"expected probabilities of {len(self.members)} members, got {len(member_probs)}")
-        if self.method == "single":
-            return np.asarray(member_probs[0], dtype=np.float64)
-        if self.method == "soft_vote":
-            weights = np.asarray(self.soft_vote["weights"], dtype=np.float64)
-            return np.tensordot(weights, np.stack([np.asarray(p, np.float64) for p in member_probs]), axes=1)
-        features = stack_features(member_probs)
-        coef = np.asarray(self.stacking["coef"], dtype=np.float64)
-        intercept = np.asarray(self.stacking["intercept"], dtype=np.float64)
-        if self.stacking["multi_class"] == "binary":
-            p1 = 1.0 / (1.0 + np.exp(-(features @ coef[0] + intercept[0])))
-            return np.stack([1.0 - p1, p1], axis=1)
-        return _softmax(features @ coef.T + intercept)
+        stacked = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs], axis=1)
+        return self.spec().combine(stacked)
+
+    def spec(self) -> EnsembleSpec:
+        """This ensemble as the checked ``ensemble.json`` contract (raises EnsembleError)."""
+        return _checked(self.get_config())
 
     def predict(self, member_probs: Sequence[np.ndarray]) -> np.ndarray:
         """Class indices: binary thresholded on P(positive), multi-class arg-max."""
@@ -124,18 +118,9 @@ class Ensemble:
 
     @classmethod
     def from_config(cls, config: dict) -> "Ensemble":
-        missing = {"method", "members", "classes", "image_size"} - set(config)
-        if missing:
-            raise EnsembleError(f"ensemble.json lacks {sorted(missing)}")
-        if config["method"] not in METHODS:
-            raise EnsembleError(f"unknown ensemble method {config['method']!r}; expected one of {METHODS}")
+        _checked(config)
         known = {f for f in cls.__dataclass_fields__}
-        ensemble = cls(**{k: v for k, v in config.items() if k in known})
-        if ensemble.method == "stacking" and not {"coef", "intercept", "multi_class"} <= set(ensemble.stacking):
-            raise EnsembleError("ensemble.json: method 'stacking' needs stacking.coef, intercept and multi_class")
-        if ensemble.method == "soft_vote" and "weights" not in ensemble.soft_vote:
-            raise EnsembleError("ensemble.json: method 'soft_vote' needs soft_vote.weights")
-        return ensemble
+        return cls(**{k: v for k, v in config.items() if k in known})
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.get_config(), indent=2) + "\n")
@@ -146,6 +131,13 @@ class Ensemble:
             return cls.from_config(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as error:
             raise EnsembleError(f"cannot read {path}: {error}") from error
+
+
+def _checked(config: dict) -> EnsembleSpec:
+    try:
+        return EnsembleSpec.from_dict(config)
+    except EnsembleSpecError as error:
+        raise EnsembleError(str(error)) from error
 
 
 def fit_stacking(val_probs: Sequence[np.ndarray], val_labels, C: float = DEFAULT_STACKING_C) -> dict:

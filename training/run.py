@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from histoedge.export.ensemble_spec import ENSEMBLE_FILE
 from histoedge.training.errors import RunError
 from histoedge.training.ensemble import choose_threshold, fit_ensemble
 from histoedge.training.metrics import evaluate
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 # Config keys that only change how finished members are combined or scored; a resumed run may change them.
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
                    ("ensemble", "members"), ("evaluation", "bootstrap"), ("recipe",)}
-_RUN_OUTPUTS = ("metrics.json", "ensemble.json", "predictions.npz", "report.md", "report.html")
+_RUN_OUTPUTS = ("metrics.json", ENSEMBLE_FILE, "predictions.npz", "report.md", "report.html")
 
 
 
@@ -201,7 +202,7 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     save_predictions(run_dir, classes=classes, members=names, val_labels=val_y, test_labels=test_y,
                      val={**{n: p[0] for n, p in member_probs.items()}, "ensemble": ens_val},
                      test={**{n: p[1] for n, p in member_probs.items()}, "ensemble": ens_test})
-    combiner.save(run_dir / "ensemble.json")
+    combiner.save(run_dir / ENSEMBLE_FILE)
     metrics = {"data": str(Path(data).resolve()), "layout": getattr(dataset, "layout", None),
                "dataset": dataset_summary(run_dir, classes), "classes": classes, "method": method,
                "members": names, "image_size": config.data.image_size, "positive_class": combiner.positive_class,

@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from histoedge.export.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TensorSpec, sha256_file
+from histoedge.export.manifest import (IMAGE, MANIFEST_FILE, MEMBER_PROBABILITIES, MODEL_FILE, PROBABILITIES,
+                                       build_manifest, sha256_file)
 
 
 def tiny_model_bytes(size: int = 16, members: int = 2, classes: int = 2, seed: int = 0) -> bytes:
@@ -30,7 +30,7 @@ def tiny_model_bytes(size: int = 16, members: int = 2, classes: int = 2, seed: i
 
     rng = np.random.default_rng(seed)
     nodes = [
-        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [IMAGE], ["pixels"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
         helper.make_node("Mul", ["mean", "scale"], ["colour"]),
     ]
@@ -49,14 +49,14 @@ def tiny_model_bytes(size: int = 16, members: int = 2, classes: int = 2, seed: i
         member_outputs.append(f"p{m}_1")
     initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
     nodes += [
-        helper.make_node("Concat", member_outputs, ["member_probabilities"], axis=1),
-        helper.make_node("ReduceMean", ["member_probabilities"], ["probabilities"], axes=[1], keepdims=0),
+        helper.make_node("Concat", member_outputs, [MEMBER_PROBABILITIES], axis=1),
+        helper.make_node("ReduceMean", [MEMBER_PROBABILITIES], [PROBABILITIES], axes=[1], keepdims=0),
     ]
     graph = helper.make_graph(
         nodes, "tiny_ensemble",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
-         helper.make_tensor_value_info("member_probabilities", TensorProto.FLOAT, ["N", members, classes])],
+        [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, ["N", size, size, 3])],
+        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["N", classes]),
+         helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, ["N", members, classes])],
         initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -84,16 +84,11 @@ def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: 
     staging.mkdir(parents=True)
     (staging / MODEL_FILE).write_bytes(data)
     binary = len(classes) == 2
-    manifest = Manifest(
-        name=name, version=version,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        inputs=(TensorSpec("image", "UINT8", (-1, size, size, 3)),),
-        outputs=(TensorSpec("probabilities", "FP32", (-1, len(classes))),
-                 TensorSpec("member_probabilities", "FP32", (-1, members, len(classes)))),
-        classes=classes, threshold=threshold if binary else None, positive_class=1 if binary else None,
-        preprocessing={"color": "RGB", "resize": [size, size], "interpolation": "area"},
-        precision="fp32", members=tuple(f"member{m}" for m in range(members)),
-        sha256=sha256_file(staging / MODEL_FILE), source="tests.support.model_packages", extra={"opset": 17})
+    manifest = build_manifest(
+        name=name, version=version, image_size=size, classes=classes,
+        members=tuple(f"member{m}" for m in range(members)), sha256=sha256_file(staging / MODEL_FILE),
+        threshold=threshold if binary else None, positive_class=1 if binary else None,
+        source="tests.support.model_packages", extra={"opset": 17})
     (staging / MANIFEST_FILE).write_text(manifest.to_json())
     os.rename(staging, final)
     return final

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import keras
 
+from histoedge.export.manifest import IMAGE, PROBABILITIES
 from histoedge.training.config import CNNConfig, ConfigError
 
 _REGULARIZERS = (None, "l1", "l2", "l1_l2")
@@ -74,7 +75,7 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
     _validate(config, num_classes, image_size)
     dropouts = list(config.block_dropout) + [0.0] * (len(config.filters) - len(config.block_dropout))
 
-    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name=IMAGE)
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     size = image_size
     for block, (filters, rate) in enumerate(zip(config.filters, dropouts), start=1):
@@ -108,6 +109,6 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
         x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
     if config.head_dropout > 0:
         x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=PROBABILITIES,
                                  **_kernel_options(config, conv=False))(x)
     return keras.Model(inputs, outputs, name="histoedge_cnn")
