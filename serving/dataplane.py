@@ -8,15 +8,12 @@ Example::
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 
 import histoedge
-from histoedge.serving.errors import (CancelledError, DeadlineExceededError, ServerClosingError,
-                            ServingError)
+from histoedge.serving.errors import ServerClosingError, ServingError
 from histoedge.serving.metrics import ServerMetrics
 from histoedge.serving.repository import ModelRegistry
-from histoedge.serving.runtime import ModelVersion
 from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata
 
 SERVER_NAME = "histoedge"
@@ -48,24 +45,22 @@ class DataPlane:
         return model.metadata(versions)
 
     def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request through its model's batcher; raise a ServingError on failure."""
+        """Answer one request with the model version it names; raise a ServingError on failure."""
         started = time.monotonic()
         model = self.registry.get(request.model_name, request.model_version)
         labels = {"model": model.name, "version": str(model.version)}
         try:
-            batcher = model.batcher
-            batcher.announce()  # the batcher may wait for this request while it decodes
             try:
-                rows = model.prepare_inputs(request.inputs)
-                names = model.check_outputs(request.outputs)
-                model, future = self._submit(model, rows, request)
-            finally:
-                batcher.withdraw()
-            labels = {"model": model.name, "version": str(model.version)}
-            outputs = self._wait(future, request)
-            response = InferenceResponse(
-                model_name=model.name, model_version=str(model.version),
-                outputs=model.make_outputs(outputs, names), id=request.id)
+                response = model.infer(request)
+            except ServerClosingError:
+                successor = None if request.model_version else self.registry.get(request.model_name)
+                if successor is None or successor is model:
+                    raise
+                # The version was retired between lookup and queueing (a newer one replaced it):
+                # the successor runs the whole request again, since its input size may differ.
+                model = successor
+                labels = {"model": model.name, "version": str(model.version)}
+                response = model.infer(request)
         except ServingError as error:
             self.metrics.requests.labels(outcome=error.outcome, **labels).inc()
             raise
@@ -75,27 +70,3 @@ class DataPlane:
         self.metrics.requests.labels(outcome="ok", **labels).inc()
         self.metrics.request_seconds.labels(**labels).observe(time.monotonic() - started)
         return response
-
-    def _submit(self, model: ModelVersion, rows, request: InferenceRequest):
-        try:
-            return model, model.batcher.submit(rows, request.deadline)
-        except ServerClosingError:
-            if request.model_version:
-                raise
-            # The version was retired between lookup and submit (a newer one replaced it).
-            model = self.registry.get(request.model_name)
-            return model, model.batcher.submit(rows, request.deadline)
-
-    @staticmethod
-    def _wait(future: concurrent.futures.Future, request: InferenceRequest):
-        request.cancel.add_callback(future.cancel)
-        timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
-        try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise DeadlineExceededError("deadline passed while the request waited for inference") from None
-        except concurrent.futures.CancelledError:
-            if request.deadline is not None and time.monotonic() >= request.deadline:
-                raise DeadlineExceededError("deadline passed before the request was answered") from None
-            raise CancelledError("the client cancelled the request") from None

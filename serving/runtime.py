@@ -1,14 +1,19 @@
 """One loaded model version: checksum-verified onnxruntime session, batcher, pre/post-processing.
 
+The version owns its request path: :meth:`ModelVersion.infer` validates a request's
+inputs (decoding and resizing encoded images to this version's size), queues the rows
+on its batcher, waits for the batch to run and builds the response.
+
 Example::
 
     model = ModelVersion.load(Path("models/breast/3"), settings, metrics)
-    outputs = model.infer_rows(images)     # through the batcher
+    response = model.infer(InferenceRequest("breast", inputs=[Tensor(IMAGE, "UINT8", images)]))
     model.close()
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import time
@@ -22,9 +27,9 @@ from histoedge.export.manifest import (IMAGE, IMAGE_BYTES, LABEL, MODEL_FILE, PR
                                        ManifestError)
 from histoedge.serving import images
 from histoedge.serving.batcher import Batcher, Outputs
-from histoedge.serving.errors import InvalidInputError, ModelLoadError
+from histoedge.serving.errors import CancelledError, DeadlineExceededError, InvalidInputError, ModelLoadError
 from histoedge.serving.metrics import ServerMetrics
-from histoedge.serving.schema import ModelMetadata, Tensor, TensorMetadata
+from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
 from histoedge.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -152,7 +157,25 @@ class ModelVersion:
 
     # --- request handling -------------------------------------------------------------
 
-    def prepare_inputs(self, inputs: list[Tensor]) -> np.ndarray:
+    def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Answer one request with this version: validate, batch, run, build the outputs.
+
+        Raises a :class:`~histoedge.serving.errors.ServingError`; ``ServerClosingError``
+        means this version was retired before the request was queued, and the whole
+        request may be sent to another version.
+        """
+        self.batcher.announce()  # the batcher may wait for this request while it decodes
+        try:
+            rows = self._prepare_inputs(request.inputs)
+            names = self._check_outputs(request.outputs)
+            future = self.batcher.submit(rows, request.deadline)
+        finally:
+            self.batcher.withdraw()
+        outputs = _wait(future, request)
+        return InferenceResponse(model_name=self.name, model_version=str(self.version),
+                                 outputs=self._make_outputs(outputs, names), id=request.id)
+
+    def _prepare_inputs(self, inputs: list[Tensor]) -> np.ndarray:
         """Validate the request's inputs and return uint8 [N, H, W, 3]."""
         if len(inputs) != 1:
             raise InvalidInputError(
@@ -195,7 +218,7 @@ class ModelVersion:
             result.append(TensorMetadata(output.name, "FP32", tuple(specs.get(output.name, graph_shape))))
         return result + [TensorMetadata(LABEL, "BYTES", (-1,))]
 
-    def check_outputs(self, requested: list[str]) -> list[str]:
+    def _check_outputs(self, requested: list[str]) -> list[str]:
         """The outputs to return, in order; raise InvalidInputError for unknown names."""
         known = [spec.name for spec in self.output_metadata()]
         unknown = [name for name in requested if name not in known]
@@ -203,7 +226,7 @@ class ModelVersion:
             raise InvalidInputError(f"unknown output(s) {unknown}; model '{self.name}' has {known}")
         return list(requested) or known
 
-    def make_outputs(self, outputs: Outputs, names: list[str]) -> list[Tensor]:
+    def _make_outputs(self, outputs: Outputs, names: list[str]) -> list[Tensor]:
         result = []
         for name in names:
             if name == LABEL:
@@ -242,6 +265,20 @@ class ModelVersion:
             inputs=(TensorMetadata(IMAGE, "UINT8", (-1, height, width, 3)),
                     TensorMetadata(IMAGE_BYTES, "BYTES", (-1,))),
             outputs=tuple(self.output_metadata()), parameters=parameters)
+
+
+def _wait(future: concurrent.futures.Future, request: InferenceRequest) -> Outputs:
+    request.cancel.add_callback(future.cancel)
+    timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise DeadlineExceededError("deadline passed while the request waited for inference") from None
+    except concurrent.futures.CancelledError:
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            raise DeadlineExceededError("deadline passed before the request was answered") from None
+        raise CancelledError("the client cancelled the request") from None
 
 
 def _observe_batch(metrics: ServerMetrics, labels: dict, rows: int, waits: list[float], seconds: float) -> None:

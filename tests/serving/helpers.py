@@ -12,6 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from histoedge.serving.client import InferenceClient
+
 SIZE = 16
 MODEL = "tiny"
 
@@ -81,3 +83,38 @@ class Gate:
             self.batch_sizes.append(len(batch))
             return run(batch)
         return gated
+
+
+class Hammer:
+    """Client threads that send requests in a loop until the ``with`` block ends.
+
+    Args:
+        address: ``host:port`` of the server.
+        call: sends one request with the given client, checks the answer and returns the
+            version that answered; whatever it raises is collected in ``failures``.
+        threads: concurrent clients.
+    """
+
+    def __init__(self, address: str, call, threads: int = 3) -> None:
+        self.versions: list[str] = []
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(address, call)) for _ in range(threads)]
+
+    def __enter__(self) -> "Hammer":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self, address: str, call) -> None:
+        with InferenceClient(address) as client:
+            while not self._stop.is_set():
+                try:
+                    self.versions.append(call(client))
+                except BaseException as error:  # noqa: BLE001 - collected and asserted by the test
+                    self.failures.append(error)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from histoedge.serving.client import InferenceClient
 from histoedge.serving.repository import ModelRepository
 from histoedge.serving.schema import Tensor
 from tests.support.model_packages import write_model_version
-from tests.serving.helpers import MODEL, reference, sample_images, wait_until
+from tests.serving.helpers import MODEL, Hammer, reference, sample_images, wait_until
 
 
 @pytest.fixture
@@ -36,25 +35,15 @@ def test_repository_scan_ignores_temp_and_non_digit_folders(tmp_path):
 def test_hot_swap_under_load(fresh_repo, start_server):
     server = start_server(fresh_repo, poll_seconds=0.1, max_queue_delay_ms=1)
     images = sample_images(2, seed=21)
-    failures: list[BaseException] = []
-    versions_seen: list[str] = []
-    stop = threading.Event()
     expected = {v: reference(fresh_repo / MODEL / v, images)["probabilities"] for v in ("1",)}
 
-    def hammer():
-        with InferenceClient(f"127.0.0.1:{server.port}") as client:
-            while not stop.is_set():
-                try:
-                    outputs, version = client.infer([Tensor("image", "UINT8", images)], MODEL)
-                    versions_seen.append(version)
-                    np.testing.assert_allclose(outputs["probabilities"], expected[version], rtol=1e-6)
-                except BaseException as error:  # noqa: BLE001 - collected and asserted below
-                    failures.append(error)
+    def request(client: InferenceClient) -> str:
+        outputs, version = client.infer([Tensor("image", "UINT8", images)], MODEL)
+        np.testing.assert_allclose(outputs["probabilities"], expected[version], rtol=1e-6)
+        return version
 
-    threads = [threading.Thread(target=hammer) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
+    with Hammer(f"127.0.0.1:{server.port}", request) as load:
+        versions_seen = load.versions
         wait_until(lambda: len(versions_seen) > 20)
         staged = write_model_version(fresh_repo / ".staging", MODEL, 2)
         expected["2"] = reference(staged, images)["probabilities"]
@@ -65,11 +54,7 @@ def test_hot_swap_under_load(fresh_repo, start_server):
         # Withdrawing the newest version falls back to the previous one, still without failures.
         os.rename(fresh_repo / MODEL / "2", fresh_repo / MODEL / ".withdrawn-2")
         wait_until(lambda: versions_seen[-30:].count("1") >= 30)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-    assert failures == []
+    assert load.failures == []
     assert "2" in versions_seen and versions_seen[-1] == "1"
     write_model_version(fresh_repo, MODEL, 2)
     server.reload()
