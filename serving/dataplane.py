@@ -48,7 +48,7 @@ class DataPlane:
         """Answer one request with the model version it names; raise a ServingError on failure."""
         started = time.monotonic()
         model = self.registry.get(request.model_name, request.model_version)
-        labels = {"model": model.name, "version": str(model.version)}
+        labels = {"model": model.name, "version": str(model.version), "protocol": request.protocol}
         try:
             try:
                 response = model.infer(request)
@@ -59,7 +59,7 @@ class DataPlane:
                 # The version was retired between lookup and queueing (a newer one replaced it):
                 # the successor runs the whole request again, since its input size may differ.
                 model = successor
-                labels = {"model": model.name, "version": str(model.version)}
+                labels = {"model": model.name, "version": str(model.version), "protocol": request.protocol}
                 response = model.infer(request)
         except ServingError as error:
             self.metrics.requests.labels(outcome=error.outcome, **labels).inc()

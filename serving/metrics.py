@@ -7,7 +7,7 @@ Example::
 
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
-    metrics.requests.labels(model="breast", version="3", outcome="OK").inc()
+    metrics.requests.labels(model="breast", version="3", outcome="ok", protocol="grpc").inc()
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class ServerMetrics:
         self.registry = registry
         labels = ("model", "version")
         self.requests = Counter(
-            "histoedge_requests", "ModelInfer requests by outcome (gRPC status name)",
-            labels + ("outcome",), registry=registry)
+            "histoedge_requests", "inference requests by outcome and protocol (grpc, rest)",
+            labels + ("outcome", "protocol"), registry=registry)
         self.queue_seconds = Histogram(
             "histoedge_queue_seconds", "time a request waited for its batch to start",
             labels, buckets=_LATENCY_BUCKETS, registry=registry)
@@ -38,8 +38,8 @@ class ServerMetrics:
             "histoedge_inference_seconds", "time of one session.run on a merged batch",
             labels, buckets=_LATENCY_BUCKETS, registry=registry)
         self.request_seconds = Histogram(
-            "histoedge_request_seconds", "total time of a ModelInfer request in the server",
-            labels, buckets=_LATENCY_BUCKETS, registry=registry)
+            "histoedge_request_seconds", "total time of an inference request in the server, by protocol",
+            labels + ("protocol",), buckets=_LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram(
             "histoedge_batch_size", "rows per session.run", labels,
             buckets=_BATCH_BUCKETS, registry=registry)

@@ -66,6 +66,7 @@ class InferenceRequest:
         id: echoed in the response.
         deadline: ``time.monotonic()`` value after which the answer is useless, or None.
         cancel: fired when the client goes away.
+        protocol: the transport that received it ("grpc", "rest"); labels the request metrics.
     """
 
     model_name: str
@@ -75,6 +76,7 @@ class InferenceRequest:
     id: str = ""
     deadline: float | None = None
     cancel: CancelToken = field(default_factory=CancelToken)
+    protocol: str = "internal"
 
 
 @dataclass

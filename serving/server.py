@@ -1,10 +1,11 @@
-"""The gRPC inference server: OIP service, health, reflection, metrics, repository watching.
+"""The inference server: OIP over gRPC and REST, health, reflection, metrics, repository watching.
 
 Design: a synchronous ``grpc.server`` with a sized thread pool.  Handler threads
 only convert messages, decode images (OpenCV) and wait on their batch; the
 batcher thread of each model version calls onnxruntime, which releases the
 GIL.  The pool is sized so a full batch of waiting requests fits
-(``ServerSettings.workers``).
+(``ServerSettings.workers``).  The REST transport and the status page
+(``serving.rest``, uvicorn in a thread of this process) call the same data plane.
 
 Example::
 
@@ -33,9 +34,11 @@ from histoedge.serving._proto import inference_pb2, inference_pb2_grpc
 from histoedge.serving.dataplane import DataPlane
 from histoedge.serving.metrics import ServerMetrics
 from histoedge.serving.repository import ModelRegistry, ModelRepository
+from histoedge.serving.rest import RestServer
 from histoedge.serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
 from histoedge.serving.servicer import InferenceServicer
 from histoedge.serving.settings import ServerSettings
+from histoedge.serving.status import StatusReport
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,10 @@ class InferenceServer:
         self.health = health.HealthServicer()
         self._grpc: grpc.Server | None = None
         self._metrics_http = None
+        self._rest: RestServer | None = None
         self._served: set[tuple[str, int]] = set()
         self.port = 0
+        self.http_port = 0
 
     def start(self) -> "InferenceServer":
         """Listen, then load every model (health says NOT_SERVING until they are warm)."""
@@ -105,8 +110,14 @@ class InferenceServer:
                 self._metrics_http = self.metrics.serve_http(settings.host, settings.metrics_port)
             except OSError as error:
                 raise HistoedgeError(f"cannot serve metrics on port {settings.metrics_port}: {error}") from None
+        if settings.http_port:
+            status = StatusReport(self.dataplane, self.metrics, ports={
+                "grpc": self.port, "rest": settings.http_port, "metrics": settings.metrics_port})
+            self._rest = RestServer(self.dataplane, self.metrics, settings, status).start()
+            self.http_port = self._rest.port
         self._grpc.start()
-        log.info("listening on %s:%d (%s); metrics on port %s", settings.host, self.port,
+        log.info("listening on %s:%d for gRPC and on port %s for REST (%s); metrics on port %s", settings.host,
+                 self.port, self.http_port or "off",
                  "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
                  settings.metrics_port or "off")
         self.models.refresh()
@@ -154,8 +165,12 @@ class InferenceServer:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, unload models."""
         grace = self.settings.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
+        if self._rest is not None:
+            self._rest.begin_stop()  # both transports drain at the same time
         if self._grpc is not None:
             self._grpc.stop(grace).wait(grace + 1)
+        if self._rest is not None:
+            self._rest.stop(grace)
         self.models.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -101,7 +101,8 @@ def request_from_pb(message: pb.ModelInferRequest, time_remaining: float | None)
     deadline = None if no_deadline else time.monotonic() + time_remaining
     return InferenceRequest(
         model_name=message.model_name, model_version=message.model_version, inputs=inputs,
-        outputs=[output.name for output in message.outputs], id=message.id, deadline=deadline)
+        outputs=[output.name for output in message.outputs], id=message.id, deadline=deadline,
+        protocol="grpc")
 
 
 def response_to_pb(response: InferenceResponse) -> pb.ModelInferResponse:

@@ -50,6 +50,8 @@ class ServerSettings:
     host: str = _option("0.0.0.0", str, "address to listen on")
     port: int = _option(8001, int, "gRPC port (0 picks a free port)")
     metrics_port: int = _option(8002, int, "Prometheus metrics HTTP port (0 disables)")
+    http_port: int = _option(8000, int, "Open Inference Protocol REST, image upload and status page port "
+                                        "(0 disables)")
     device: str = _option("auto", str, "execution providers: auto (TensorRT, CUDA, CPU as available)|cpu|cuda|tensorrt")
     max_batch_size: int = _option(16, int, "largest merged batch (1 disables batching)")
     max_queue_delay_ms: float = _option(2.0, float, "longest wait for a batch to fill")
@@ -59,7 +61,7 @@ class ServerSettings:
                                                    "being decoded, so a lone request runs at once; full: always wait")
     threads: int | None = _option(None, int, "onnxruntime intra-op threads per session", "min(4, CPUs)")
     grpc_workers: int = _option(0, int, "gRPC handler threads; 0: max(8, 2 x max batch + 4)")
-    max_message_mb: int = _option(64, int, "largest gRPC message in MB")
+    max_message_mb: int = _option(64, int, "largest gRPC message or HTTP request body in MB")
     max_image_pixels: int = _option(50_000_000, int, "largest encoded image accepted, in pixels")
     poll_seconds: float = _option(5.0, float, "repository polling interval (0: only on SIGHUP)")
     grace_seconds: float = _option(10.0, float, "time for in-flight requests on SIGTERM")
@@ -91,6 +93,9 @@ class ServerSettings:
         for name in ("max_batch_size", "max_queue_size", "threads", "max_message_mb", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise HistoedgeError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("port", "metrics_port", "http_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise HistoedgeError(f"--{name.replace('_', '-')} must be a port number from 0 to 65535")
         for name in ("max_queue_delay_ms", "poll_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise HistoedgeError(f"--{name.replace('_', '-')} must not be negative")

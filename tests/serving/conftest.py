@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from histoedge.serving.server import InferenceServer
 from histoedge.serving.settings import ServerSettings
 from tests.support.model_packages import write_model_version
-from tests.serving.helpers import MODEL, SIZE
+from tests.serving.helpers import MODEL, SIZE, free_port
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def start_server():
         options.setdefault("host", "127.0.0.1")
         options.setdefault("port", 0)
         options.setdefault("metrics_port", 0)
+        options.setdefault("http_port", 0)
         options.setdefault("poll_seconds", 0)
         options.setdefault("threads", 1)
         server = InferenceServer(ServerSettings(repo=repo, **options), CollectorRegistry(), run_hook)
@@ -44,7 +45,7 @@ def start_server():
 def module_server(repo):
     """One plain server per test module."""
     server = InferenceServer(ServerSettings(repo=repo, host="127.0.0.1", port=0, metrics_port=0,
-                                            poll_seconds=0, threads=1), CollectorRegistry()).start()
+                                            http_port=0, poll_seconds=0, threads=1), CollectorRegistry()).start()
     yield server
     server.stop(grace=1)
 
@@ -52,3 +53,13 @@ def module_server(repo):
 @pytest.fixture(scope="module")
 def address(module_server) -> str:
     return f"127.0.0.1:{module_server.port}"
+
+
+@pytest.fixture(scope="module")
+def http_server(repo):
+    """One server per test module with both transports (gRPC and REST) on free loopback ports."""
+    server = InferenceServer(ServerSettings(repo=repo, host="127.0.0.1", port=0, metrics_port=0,
+                                            http_port=free_port(), poll_seconds=0, threads=1),
+                             CollectorRegistry()).start()
+    yield server
+    server.stop(grace=1)

@@ -118,3 +118,36 @@ class Hammer:
                     self.versions.append(call(client))
                 except BaseException as error:  # noqa: BLE001 - collected and asserted by the test
                     self.failures.append(error)
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+         timeout: float = 20.0, context=None) -> tuple[int, "http.client.HTTPMessage", bytes]:
+    """One HTTP request with the standard library; (status, headers, body), errors included.
+
+    The headers are looked up without regard to case, as HTTP says.
+    """
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def http_json(url: str, payload=None, method: str | None = None, **kwargs) -> tuple[int, dict]:
+    """POST ``payload`` as JSON (GET without one); (status, decoded JSON body)."""
+    import json
+
+    body = None if payload is None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    status, _, data = http(url, method or ("POST" if body is not None else "GET"), body, headers, **kwargs)
+    return status, json.loads(data)
+
+
+def labels_for(version_dir: Path, images: np.ndarray, threshold: float = 0.5) -> list[str]:
+    """What the server should answer for ``images`` of the tiny binary test model."""
+    probabilities = reference(version_dir, images)["probabilities"]
+    return ["malignant" if p[1] >= threshold else "benign" for p in probabilities]

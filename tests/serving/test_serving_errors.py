@@ -98,7 +98,7 @@ def test_queue_full_then_recovers(repo, start_server):
         for future in [first] + queued:
             assert future.result().outputs[0].shape == [1, 2]
     assert server.metrics.registry.get_sample_value(
-        "histoedge_requests_total", {"model": MODEL, "version": "1", "outcome": "queue_full"}) == 1
+        "histoedge_requests_total", {"model": MODEL, "version": "1", "outcome": "queue_full", "protocol": "grpc"}) == 1
 
 
 def test_deadline_exceeded_leaves_queue(repo, start_server):
@@ -134,5 +134,5 @@ def test_cancelled_request_leaves_queue(repo, start_server):
         with pytest.raises(grpc.FutureCancelledError):
             doomed.result()
     wait_until(lambda: server.metrics.registry.get_sample_value(
-        "histoedge_requests_total", {"model": MODEL, "version": "1", "outcome": "cancelled"}) == 1)
+        "histoedge_requests_total", {"model": MODEL, "version": "1", "outcome": "cancelled", "protocol": "grpc"}) == 1)
     assert gate.batch_sizes == [1]

@@ -147,7 +147,7 @@ def test_reflection_lists_services(address):
 def test_metrics_count_requests(module_server, client):
     client.classify_arrays(sample_images(1, seed=8), MODEL)
     value = module_server.metrics.registry.get_sample_value(
-        "histoedge_requests_total", {"model": MODEL, "version": "1", "outcome": "ok"})
+        "histoedge_requests_total", {"model": MODEL, "version": "1", "outcome": "ok", "protocol": "grpc"})
     assert value and value >= 1
     assert module_server.metrics.registry.get_sample_value(
         "histoedge_model_ready", {"model": MODEL, "version": "1"}) == 1
