@@ -151,3 +151,12 @@ def labels_for(version_dir: Path, images: np.ndarray, threshold: float = 0.5) ->
     """What the server should answer for ``images`` of the tiny binary test model."""
     probabilities = reference(version_dir, images)["probabilities"]
     return ["malignant" if p[1] >= threshold else "benign" for p in probabilities]
+
+
+def multipart(files: dict[str, bytes], field: str = "image") -> tuple[bytes, dict]:
+    """A ``multipart/form-data`` body with one file part per item, and its Content-Type header."""
+    boundary = "histoedge-test-boundary"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+                    for name, data in files.items()) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -11,7 +11,7 @@ import pytest
 
 from histoedge.serving.rest import HTTP_STATUS
 from histoedge.serving.servicer import STATUS_CODES
-from tests.serving.helpers import MODEL, SIZE, Gate, encode, free_port, http, sample_images, wait_until
+from tests.serving.helpers import MODEL, SIZE, Gate, encode, free_port, http, multipart, sample_images, wait_until
 
 IMAGE = sample_images(1)
 
@@ -38,13 +38,6 @@ def call(server, path: str, body: bytes | None = None, headers: dict | None = No
 def infer(server, payload, path: str = f"/v2/models/{MODEL}/infer"):
     body, headers = payload if isinstance(payload, tuple) else (json.dumps(payload).encode(), {})
     return call(server, path, body, headers)
-
-
-def multipart(files: dict[str, bytes], field: str = "image") -> tuple[bytes, dict]:
-    boundary = "b0undary"
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n\r\n'
-                    .encode() + data + b"\r\n" for name, data in files.items()) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def test_one_table_covers_the_errors_grpc_maps():

@@ -11,7 +11,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from tests.serving.helpers import (MODEL, SIZE, decode_like_server, encode, http, http_json, labels_for,
-                                   reference, sample_images)
+                                   multipart, reference, sample_images)
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +82,8 @@ def test_json_tensors_and_requested_outputs(http_server, repo):
 
 def test_classify_upload_and_status(http_server, repo):
     images = sample_images(2, seed=21, size=40)  # resized by the server, as a scanner's tiles would be
-    boundary = "histoedge-test-boundary"
-    parts = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="tile{i}.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode() + encode(image) + b"\r\n" for i, image in enumerate(images))
     status, _, data = http(f"http://127.0.0.1:{http_server.http_port}/v2/models/{MODEL}/classify", "POST",
-                           parts + f"--{boundary}--\r\n".encode(),
-                           {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                           *multipart({f"tile{i}.png": encode(image) for i, image in enumerate(images)}))
     body = json.loads(data)
     assert status == 200, body
     resized = np.stack([decode_like_server(encode(image)) for image in images])

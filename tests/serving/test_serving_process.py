@@ -16,7 +16,7 @@ import pytest
 
 from histoedge.serving.client import InferenceClient
 from histoedge.serving.settings import ServerSettings
-from tests.serving.helpers import MODEL, encode, free_port, sample_images, wait_until
+from tests.serving.helpers import MODEL, encode, free_port, http, multipart, sample_images, wait_until
 
 # The installed console script (``python -m histoedge`` would load a second copy of the
 # module as __main__, whose HistoedgeError class differs from the one the stages raise).
@@ -41,9 +41,10 @@ def healthy(address: str) -> bool:
 
 
 def test_sigterm_drains_in_flight_requests(repo, tmp_path):
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     env = dict(os.environ, HISTOEDGE_MAX_QUEUE_DELAY_MS="4000", HISTOEDGE_BATCH_WAIT="full",
-               HISTOEDGE_PORT="1")  # the --port flag wins over the environment
+               HISTOEDGE_PORT="1",  # the --port flag wins over the environment
+               HISTOEDGE_HTTP_PORT=str(http_port))
     log_file = open(tmp_path / "serve.log", "w")
     process = subprocess.Popen(
         HISTOEDGE + ["serve", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(port),
@@ -62,11 +63,17 @@ def test_sigterm_drains_in_flight_requests(repo, tmp_path):
                 except grpc.RpcError as error:
                     results.append(error)
 
+        def classify_over_rest() -> None:
+            status, _, body = http(f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/classify", "POST",
+                                   *multipart({"tile.png": encode(sample_images(1)[0])}), timeout=30)
+            results.append(json.loads(body)["results"] if status == 200 else (status, body))
+
         threads = [threading.Thread(target=classify, args=(seed,)) for seed in range(4)]
+        threads.append(threading.Thread(target=classify_over_rest))
         for thread in threads:
             thread.start()
-        # A full 4 s batching delay (from the environment) holds all four in the queue.
-        wait_until(lambda: scrape(metrics_port, "histoedge_queue_depth", 'model="tiny"') == 4)
+        # A full 4 s batching delay (from the environment) holds all five in the queue.
+        wait_until(lambda: scrape(metrics_port, "histoedge_queue_depth", 'model="tiny"') == 5)
         process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(30)
@@ -76,8 +83,9 @@ def test_sigterm_drains_in_flight_requests(repo, tmp_path):
             process.kill()
         log_file.close()
     log = (tmp_path / "serve.log").read_text()
-    assert all(isinstance(r, list) and len(r) == 2 for r in results), results
-    assert len(results) == 4
+    assert sorted(len(r) for r in results if isinstance(r, list)) == [1, 2, 2, 2, 2], results
+    with pytest.raises(OSError):  # the HTTP server went down with the process
+        http(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=2)
     assert "loaded model tiny version 1" in log and "server stopped" in log
 
 
@@ -101,7 +109,7 @@ def check():
 
 threading.Thread(target=check, daemon=True).start()
 sys.exit(histoedge.cli.main(["serve", "--repo", sys.argv[1], "--port", sys.argv[2].split(":")[1],
-                         "--host", "127.0.0.1", "--metrics-port", "0"]))
+                         "--host", "127.0.0.1", "--metrics-port", "0", "--http-port", "0"]))
 """
 
 

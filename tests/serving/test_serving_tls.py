@@ -64,3 +64,22 @@ def test_mutual_tls(repo, start_server, certs):
     mtls = tls + ["--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "client.key")]
     assert histoedge.cli.main(["health", "--server", address, *mtls]) == 0
     assert histoedge.cli.main(["health", "--server", address, "--timeout", "2", *tls]) == 1
+
+
+def test_rest_uses_the_same_certificates(repo, start_server, certs):
+    import ssl
+    import urllib.error
+
+    from tests.serving.helpers import free_port, http
+
+    server = start_server(repo, http_port=free_port(), tls_cert=certs / "server.pem", tls_key=certs / "server.key",
+                          tls_client_ca=certs / "ca.pem")
+    url = f"https://127.0.0.1:{server.http_port}/v2/models/{MODEL}/ready"
+    verified = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    verified.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    assert http(url, context=verified)[0] == 200
+    anonymous = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):  # no client certificate
+        http(url, context=anonymous, timeout=5)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext on the TLS port
+        http(url.replace("https:", "http:"), timeout=5)
