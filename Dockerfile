@@ -1,6 +1,6 @@
 # histoedge container images.
 #
-#   serve (default, last stage): the Open Inference Protocol gRPC server on onnxruntime.
+#   serve (default, last stage): the Open Inference Protocol server (gRPC and REST) on onnxruntime.
 #       docker build -t histoedge-serve .
 #   train: `histoedge train` / `histoedge export` (TensorFlow, tf2onnx, onnx).
 #       docker build --target train -t histoedge-train .
@@ -117,12 +117,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     HISTOEDGE_REPO=/models \
     HISTOEDGE_HOST=0.0.0.0 \
     HISTOEDGE_PORT=8001 \
-    HISTOEDGE_METRICS_PORT=8002
+    HISTOEDGE_METRICS_PORT=8002 \
+    HISTOEDGE_HTTP_PORT=8000
 # The model repository is mounted read-only here: docker run -v $PWD/models:/models:ro ...
 RUN install -d -m 0755 /models
 WORKDIR /home/histoedge
 USER histoedge:histoedge
-EXPOSE 8001 8002
+# 8000: REST (Open Inference Protocol), image upload and status page; 8001: gRPC; 8002: metrics.
+EXPOSE 8000 8001 8002
 # Follows HISTOEDGE_PORT when it is overridden; exits 0 only while gRPC health reports SERVING.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["sh", "-c", "exec histoedge health --server 127.0.0.1:${HISTOEDGE_PORT:-8001}"]

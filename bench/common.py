@@ -204,7 +204,8 @@ def histoedge_command() -> list[str]:
     """How to run ``histoedge``; ``HISTOEDGE_CMD`` overrides it (e.g. to measure another install)."""
     if os.environ.get("HISTOEDGE_CMD"):
         return shlex.split(os.environ["HISTOEDGE_CMD"])
-    return [python_exe(), str(REPO_ROOT / "histoedge.py")]
+    script = Path(python_exe()).parent / "histoedge"  # the console script of the venv, if installed
+    return [str(script)] if script.exists() else [python_exe(), "-m", "histoedge"]
 
 
 def run_checked(command: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None) -> None:
@@ -229,11 +230,15 @@ def quiet_env(**extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(repo: Path, *, threads: int = 1, max_batch_size: int = 16, max_queue_delay_ms: float = 2.0,
           cores: str | None = None, extra_args: Sequence[str] = (), log_name: str = "server",
-          ready_timeout: float = 120.0) -> Iterator[dict[str, Any]]:
-    """Start ``histoedge serve`` pinned to ``cores``; yield ``{"address", "pid", "metrics_port"}``."""
+          ready_timeout: float = 120.0, http: bool = False) -> Iterator[dict[str, Any]]:
+    """Start ``histoedge serve`` pinned to ``cores``; yield ``{"address", "pid", "metrics_port"}``.
+
+    With ``http`` the REST port is on too and ``"http_address"`` is in the dict.
+    """
     port, metrics_port = free_port(), free_port()
+    http_port = free_port() if http else 0
     command = pinned([*histoedge_command(), "serve", "--repo", str(repo), "--host", "127.0.0.1",
-                      "--port", str(port), "--metrics-port", str(metrics_port),
+                      "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port),
                       "--threads", str(threads), "--max-batch-size", str(max_batch_size),
                       "--max-queue-delay-ms", str(max_queue_delay_ms), *extra_args], cores)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -244,7 +249,8 @@ def serve(repo: Path, *, threads: int = 1, max_batch_size: int = 16, max_queue_d
     address = f"127.0.0.1:{port}"
     try:
         _wait_ready(address, process, log_path, ready_timeout)
-        yield {"address": address, "pid": process.pid, "metrics_port": metrics_port, "log": str(log_path)}
+        yield {"address": address, "pid": process.pid, "metrics_port": metrics_port, "log": str(log_path),
+               "http_address": f"127.0.0.1:{http_port}" if http else None}
     finally:
         process.terminate()
         try:

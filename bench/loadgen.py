@@ -51,6 +51,7 @@ class Target:
         payloads: serialised requests; client ``i`` sends ``payloads[i % len]`` repeatedly.
         path: gRPC method or HTTP path.
         content_type: HTTP only.
+        headers: more HTTP headers, as (name, value) pairs.
     """
 
     kind: str
@@ -58,6 +59,7 @@ class Target:
     payloads: tuple[bytes, ...]
     path: str = GRPC_INFER_METHOD
     content_type: str = "application/octet-stream"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def grpc(cls, address: str, payloads: Sequence[bytes]) -> "Target":
@@ -65,8 +67,16 @@ class Target:
 
     @classmethod
     def http(cls, address: str, payloads: Sequence[bytes], path: str = "/predict",
-             content_type: str = "image/png") -> "Target":
-        return cls("http", address, tuple(payloads), path, content_type)
+             content_type: str = "image/png", headers: Sequence[tuple[str, str]] = ()) -> "Target":
+        return cls("http", address, tuple(payloads), path, content_type, tuple(headers))
+
+    @classmethod
+    def rest(cls, address: str, model_name: str, images: np.ndarray, binary: bool = True) -> "Target":
+        """OIP REST ``/infer`` with a UINT8 tensor, in binary tensor data (as tritonclient.http) or JSON."""
+        body, header_length = oip_rest_request(model_name, images, binary)
+        headers = (("Inference-Header-Content-Length", str(header_length)),) if binary else ()
+        return cls.http(address, [body], f"/v2/models/{model_name}/infer",
+                        "application/octet-stream" if binary else "application/json", headers)
 
 
 @dataclass
@@ -103,6 +113,23 @@ def oip_tensor_request(model_name: str, images: np.ndarray, model_version: str =
     tensor.shape.extend(images.shape)
     request.raw_input_contents.append(images.tobytes())
     return request.SerializeToString()
+
+
+def oip_rest_request(model_name: str, images: np.ndarray, binary: bool = True) -> tuple[bytes, int | None]:
+    """An OIP REST infer body with a UINT8 input, and the length of its JSON part (binary only).
+
+    Binary: the JSON header, then the raw pixels; outputs come back as binary too.
+    """
+    import json
+
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    tensor: dict[str, Any] = {"name": "image", "datatype": "UINT8", "shape": list(images.shape)}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": images.nbytes}
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+        return header + images.tobytes(), len(header)
+    tensor["data"] = images.reshape(-1).tolist()
+    return json.dumps({"inputs": [tensor]}).encode(), None
 
 
 def oip_png_request(model_name: str, encoded: Sequence[bytes], model_version: str = "",
@@ -149,11 +176,11 @@ class _HttpClient:
 
         host, port = target.address.rsplit(":", 1)
         self._connection = http.client.HTTPConnection(host, int(port), timeout=120)
-        self._path, self._type = target.path, target.content_type
+        self._path = target.path
+        self._headers = {"Content-Type": target.content_type, "Connection": "keep-alive", **dict(target.headers)}
 
     def send(self, payload: bytes) -> None:
-        self._connection.request("POST", self._path, body=payload,
-                                 headers={"Content-Type": self._type, "Connection": "keep-alive"})
+        self._connection.request("POST", self._path, body=payload, headers=self._headers)
         response = self._connection.getresponse()
         body = response.read()
         if response.status != 200:

@@ -52,5 +52,6 @@ if [ -z "$QUICK" ] && [ -n "${BENCH_RUN:-}" ]; then
 fi
 run bench.bench_pipeline
 run bench.bench_scaling
+run bench.bench_rest
 "$PY" -m bench.summarize $QUICK
 exit $status

@@ -204,17 +204,18 @@ check "entrypoint is exec-form histoedge serve (${ENTRYPOINT[*]})" \
 check "image env HISTOEDGE_REPO=/models" grep -q '"HISTOEDGE_REPO=/models"' "$WORK/serve-image.json"
 check "image user is not root ($IMAGE_USER)" test -n "$IMAGE_USER" -a "${IMAGE_USER%%:*}" != root -a "${IMAGE_USER%%:*}" != 0
 check "HEALTHCHECK runs histoedge health (${HEALTHCHECK[*]:1})" grep -q 'histoedge health' <<<"${HEALTHCHECK[*]:-}"
-check "ports 8001 8002 exposed" "$HISTOEDGE_PYTHON" -c '
+check "ports 8000 8001 8002 exposed" "$HISTOEDGE_PYTHON" -c '
 import json, sys
 ports = json.load(open(sys.argv[1]))["OCIv1"]["config"].get("ExposedPorts", {})
-sys.exit(0 if {"8001/tcp", "8002/tcp"} <= set(ports) else f"exposed: {sorted(ports)}")' "$WORK/serve-image.json"
+sys.exit(0 if {"8000/tcp", "8001/tcp", "8002/tcp"} <= set(ports) else f"exposed: {sorted(ports)}")' "$WORK/serve-image.json"
 
 # 7. Run ENTRYPOINT + CMD as `docker run -e HISTOEDGE_PORT=.. -v MODELS:/models:ro` would -------
 # (buildah run shares the host network, so the ports move to free ones through the environment).
-read -r PORT METRICS_PORT < <(helper free-ports 2)
+read -r PORT METRICS_PORT HTTP_PORT < <(helper free-ports 3)
 SERVE_CTR=$(buildah from "$SERVE_TAG"); CONTAINERS+=("$SERVE_CTR")
-log "starting ${ENTRYPOINT[*]} ${CMD[*]} in $SERVE_CTR on 127.0.0.1:$PORT (metrics $METRICS_PORT)"
+log "starting ${ENTRYPOINT[*]} ${CMD[*]} in $SERVE_CTR on 127.0.0.1:$PORT (metrics $METRICS_PORT, REST $HTTP_PORT)"
 timeout 600 buildah run --isolation=chroot --env "HISTOEDGE_PORT=$PORT" --env "HISTOEDGE_METRICS_PORT=$METRICS_PORT" \
+  --env "HISTOEDGE_HTTP_PORT=$HTTP_PORT" \
   -v "$WORK/models:/models:ro" "$SERVE_CTR" -- "${ENTRYPOINT[@]}" "${CMD[@]}" >"$WORK/server.log" 2>&1 &
 SERVER_JOB=$!
 SERVER_PID=$(helper find-server "$SERVER_JOB") || { cat "$WORK/server.log"; die "server process did not start"; }
@@ -236,6 +237,10 @@ for model in "${MODELS_SERVED[@]}"; do
     "$WORK/images" "$WORK/classify-$model.jsonl" "$HISTOEDGE_PYTHON" "$HELPER" "$WORK/expected-$model.json"
 done
 check "metrics endpoint on $METRICS_PORT" helper metrics "http://127.0.0.1:$METRICS_PORT/metrics"
+check "REST upload on $HTTP_PORT (curl -F) answers a label" bash -c '
+  curl --silent --show-error --fail --max-time 30 -F "image=@$(ls "$2"/*.png | head -n 1)" \
+    "http://127.0.0.1:$1/v2/models/$3/classify" | grep -q "\"label\""' _ "$HTTP_PORT" "$WORK/images" "${MODELS_SERVED[0]}"
+check "status page on $HTTP_PORT" bash -c 'curl --silent --fail --max-time 10 "http://127.0.0.1:$1/" | grep -q "<title>histoedge"' _ "$HTTP_PORT"
 SERVER_UID=$(helper uid "$SERVER_PID" || echo unknown)
 check "server process (PID $SERVER_PID) runs as uid $SERVER_UID, not root" \
   test "$SERVER_UID" != 0 -a "$SERVER_UID" != unknown
