@@ -121,16 +121,17 @@ def cli_demo(args) -> int:
             raise HistoedgeError(f"export finished but no {args.precision} version of "
                                  f"{MODEL_NAME} from {run} is in {repo}")
 
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port, http_port = _free_port(), _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "histoedge", "serve", "--repo", str(repo), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-port", str(metrics_port)],
+         "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port)],
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_healthy(server, address)
         images = _held_out_images(run, args.classify)
-        print(f"\nClassifying {len(images)} held-out test images over gRPC at {address}:")
+        print(f"\nStatus page (while the demo runs): http://127.0.0.1:{http_port}/")
+        print(f"Classifying {len(images)} held-out test images over gRPC at {address}:")
         _histoedge("classify", "--server", address, "--model", MODEL_NAME, *images)
         _print_metrics(run, version_dir)
     finally:

@@ -44,7 +44,8 @@ def test_wheel_installs_only_histoedge(wheel):
     roots = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert roots == {"histoedge"}
     for module in ("histoedge/cli.py", "histoedge/training/run.py", "histoedge/export/manifest.py",
-                   "histoedge/serving/server.py", "histoedge/serving/_proto/inference_pb2.py"):
+                   "histoedge/serving/server.py", "histoedge/serving/_proto/inference_pb2.py",
+                   "histoedge/serving/status_page.html"):  # package data the REST server reads
         assert module in names
     # Development code stays out of the runtime package.
     assert not any(n.endswith(("testing.py", "proto_gen.py", "generate.py")) for n in names)

@@ -182,3 +182,22 @@ def test_unexpected_failure_is_500_and_the_server_keeps_serving(repo, start_serv
     failing["on"] = False
     status, _, body = infer(server, {"inputs": [tensor()]})
     assert status == 200 and np.array(body["outputs"][0]["data"]).size > 0
+
+
+def test_client_that_goes_away_leaves_the_queue(repo, start_server):
+    gate = Gate(hold=True)
+    server = start_server(repo, run_hook=gate, http_port=free_port(), max_queue_delay_ms=0)
+    batcher = server.models.get(MODEL).batcher
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(infer, server, {"inputs": [tensor()]})
+        wait_until(gate.running.is_set)
+        connection = HTTPConnection("127.0.0.1", server.http_port, timeout=20)
+        connection.request("POST", f"/v2/models/{MODEL}/infer", body=json.dumps({"inputs": [tensor()]}).encode())
+        wait_until(lambda: batcher.pending() == 1)
+        connection.close()  # the client gives up while its request waits
+        wait_until(lambda: batcher.pending() == 0)
+        gate.release()
+        assert first.result()[0] == 200
+    wait_until(lambda: server.metrics.registry.get_sample_value("histoedge_requests_total", {
+        "model": MODEL, "version": "1", "outcome": "cancelled", "protocol": "rest"}) == 1)
+    assert gate.batch_sizes == [1]  # the abandoned request never ran

@@ -98,3 +98,14 @@ def test_classify_upload_and_status(http_server, repo):
     assert model["classes"] == ["benign", "malignant"] and len(model["sha256"]) == 64
     assert model["traffic"]["by_protocol"]["rest"] >= 1 and model["traffic"]["p50_ms"] > 0
     assert f"{SIZE}x{SIZE}" == model["image_size"]
+
+
+def test_http_port_setting():
+    from histoedge import HistoedgeError
+    from histoedge.serving.settings import ServerSettings
+
+    assert ServerSettings.from_sources({}, {}).http_port == 8000
+    assert ServerSettings.from_sources({}, {"HISTOEDGE_HTTP_PORT": "0"}).http_port == 0  # 0: no HTTP server
+    assert ServerSettings.from_sources({"http_port": "9000"}, {"HISTOEDGE_HTTP_PORT": "0"}).http_port == 9000
+    with pytest.raises(HistoedgeError, match="--http-port"):
+        ServerSettings(http_port=70000)
