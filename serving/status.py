@@ -71,7 +71,8 @@ class StatusReport:
         self.ports = dict(ports or {})
         self.started = time.monotonic()
         self._lock = threading.Lock()
-        self._history: collections.deque[_Snapshot] = collections.deque()
+        # Before any traffic every counter was zero: the first baseline is the server's start.
+        self._history: collections.deque[_Snapshot] = collections.deque([_Snapshot(self.started, {}, {})])
 
     def _snapshot(self) -> _Snapshot:
         requests: dict[Key, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
@@ -91,17 +92,22 @@ class StatusReport:
         return _Snapshot(time.monotonic(), requests, buckets)
 
     def _baseline(self, now: _Snapshot) -> _Snapshot:
-        """The newest snapshot at least ``window_s`` old (or the oldest), then remember ``now``."""
+        """The newest snapshot at least ``window_s`` old (else the start), then remember ``now``.
+
+        Snapshots are taken when the page polls, so after a quiet spell the first baseline
+        can be older than the window; the answer's ``window_s`` says what it covers.
+        """
         with self._lock:
             history = self._history
             while len(history) > 1 and now.at - history[1].at >= self.window_s:
                 history.popleft()
-            baseline = history[0] if history else _Snapshot(self.started, {}, {})
-            if not history or now.at - history[-1].at >= 1.0:  # at most one snapshot a second
+            baseline = history[0]
+            if now.at - history[-1].at >= 1.0:  # at most one snapshot a second
                 history.append(now)
             return baseline
 
-    def traffic(self) -> dict[Key, dict]:
+    def traffic(self) -> tuple[dict[Key, dict], float]:
+        """Per (model, version): requests, errors, rate and latency percentiles; and the window in s."""
         now = self._snapshot()
         before = self._baseline(now)
         seconds = max(now.at - before.at, 1e-3)
@@ -124,12 +130,14 @@ class StatusReport:
                 value = histogram_quantile(q, buckets)
                 entry[name] = None if value is None else value * 1000.0
             result[key] = entry
-        return result
+        return result, seconds
 
     def collect(self) -> dict:
         """Everything the status page shows, as JSON-ready values."""
         plane = self.dataplane
-        traffic = self.traffic()
+        traffic, seconds = self.traffic()
+        idle = {"window_s": round(seconds, 1), "requests": 0, "errors": 0, "rate_per_s": 0.0,
+                "by_protocol": {}, "total": 0, **{name: None for name in QUANTILES}}
         models = []
         for name in plane.registry.names():
             versions = plane.registry.versions(name)
@@ -150,7 +158,7 @@ class StatusReport:
                     "threshold": p.get("threshold"), "positive_class": p.get("positive_class"),
                     "sha256": p.get("sha256"), "image_size": p.get("image_size"),
                     "max_batch_size": p.get("max_batch_size"), "members": p.get("members"),
-                    "traffic": traffic.get((name, str(version))),
+                    "traffic": traffic.get((name, str(version)), idle),
                 })
         server = plane.server_metadata()
         return {"server": {**server, "live": plane.live(), "ready": plane.ready(),
