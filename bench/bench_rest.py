@@ -20,8 +20,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.artifacts import ensure_repo, ensure_run, synthetic_images
 from bench.bench_serving import batch_stats, measured_load
 from bench.common import check, checks_table, core_split, machine_info, md_table, metrics_text, serve, write_results

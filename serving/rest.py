@@ -29,10 +29,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import functools
 import hashlib
-import base64
 import importlib.resources
 import logging
 import re
@@ -178,7 +178,7 @@ class RestApp:
         """The whole body, refused with 413 once it passes ``--max-message-mb``."""
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise HTTPException(400, "Content-Length is not a number")
             if int(declared) > self.max_body:
                 raise HTTPException(413, f"the request body of {declared} bytes is over the limit of "
@@ -247,7 +247,7 @@ class RestApp:
     async def infer(self, request: Request) -> Response:
         name, version = self._model(request)
         declared = request.headers.get(HEADER_LENGTH)
-        if declared is not None and not declared.isdigit():
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
             raise InvalidInputError(f"{HEADER_LENGTH} is not a number")
         body = await self._body(request)
         token = CancelToken()

@@ -78,9 +78,9 @@ def test_bad_infer_requests_are_400(http_server, payload, words):
 
 
 @pytest.mark.parametrize("path, method, status, words", [
-    (f"/v2/models/absent/infer", "POST", 404, "unknown model 'absent'"),
+    ("/v2/models/absent/infer", "POST", 404, "unknown model 'absent'"),
     (f"/v2/models/{MODEL}/versions/9/infer", "POST", 404, "no version '9'"),
-    (f"/v2/models/absent", "GET", 404, "unknown model"),
+    ("/v2/models/absent", "GET", 404, "unknown model"),
     ("/v2/nothing/here", "GET", 404, "Not Found"),
     (f"/v2/models/{MODEL}/infer", "GET", 405, "Method Not Allowed"),
 ])
