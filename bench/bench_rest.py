@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     # Target (ours): HTTP/1.1 + JSON headers may cost REST at most a fifth of gRPC's throughput.
     checks = [check(f"REST (binary tensor data) / gRPC at c={concurrency} (throughput)", ratio, ">=", 0.8),
               check(f"gRPC / REST (binary tensor data) server CPU per request at c={concurrency}", 1 / cpu_ratio,
-                    ">=", 0.8)]
+                    ">=", 0.8),
+              check("failed requests (all runs)", float(errors), "<=", 0)]
     rows = [[name, median(kind, "throughput"), median(kind, "p50_ms"), median(kind, "p99_ms"),
              median(kind, "server_cpu_ms_per_request"), median(kind, "mean_batch") or 0.0, len(runs[kind])]
             for name, kind in (("gRPC (raw tensor)", "grpc"), ("REST (binary tensor data)", "rest"))]

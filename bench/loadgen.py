@@ -180,9 +180,24 @@ class _HttpClient:
         self._headers = {"Content-Type": target.content_type, "Connection": "keep-alive", **dict(target.headers)}
 
     def send(self, payload: bytes) -> None:
-        self._connection.request("POST", self._path, body=payload, headers=self._headers)
-        response = self._connection.getresponse()
-        body = response.read()
+        import http.client
+
+        for attempt in (1, 2):
+            try:
+                self._connection.request("POST", self._path, body=payload, headers=self._headers)
+                response = self._connection.getresponse()
+                body = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # The server closed the idle keep-alive connection (uvicorn: after 5 s, e.g. while
+                # the clients waited at the start barrier): retry once on a new one, as HTTP
+                # client pools do.
+                self._connection.close()
+                if attempt == 2:
+                    raise
+            except Exception:
+                self._connection.close()  # the next request starts on a clean connection
+                raise
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
 
