@@ -1,8 +1,10 @@
 """Errors of the serving stage.
 
-Each error names what went wrong in words a client can act on.  The servicer
-maps them to gRPC status codes in one table (``serving.servicer.STATUS_CODES``),
-so the data plane never needs to know about gRPC.
+Each error names what went wrong in words a client can act on.  The transports
+map them to status codes, each in one table: gRPC codes in
+``serving.servicer.STATUS_CODES``, HTTP codes in ``serving.rest.HTTP_STATUS`` (a test
+keeps the two covering the same errors), so the data plane never needs to know
+about either protocol.
 """
 
 from __future__ import annotations
