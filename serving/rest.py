@@ -52,6 +52,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from histoedge import HistoedgeError
+from histoedge.export.manifest import IMAGE_BYTES, LABEL, PROBABILITIES
 from histoedge.serving import rest_codecs
 from histoedge.serving.dataplane import DataPlane
 from histoedge.serving.errors import (CancelledError, DeadlineExceededError, InvalidInputError,
@@ -279,8 +280,8 @@ class RestApp:
             items = np.empty(len(files), dtype=object)
             items[:] = [data for _, data in files]
             internal = InferenceRequest(
-                model_name=name, model_version=version, inputs=[Tensor("image_bytes", "BYTES", items)],
-                outputs=["probabilities", "label"], deadline=deadline, cancel=token, protocol="rest")
+                model_name=name, model_version=version, inputs=[Tensor(IMAGE_BYTES, "BYTES", items)],
+                outputs=[PROBABILITIES, LABEL], deadline=deadline, cancel=token, protocol="rest")
             try:
                 response = self.dataplane.infer(internal)
             except InvalidInputError as error:
@@ -290,7 +291,7 @@ class RestApp:
             classes = str(metadata.parameters.get("classes", "")).split(",")
             results = [{"file": file_name, "label": bytes(label).decode("utf-8", "replace"),
                         "probabilities": {c: float(p) for c, p in zip(classes, row)}}
-                       for (file_name, _), label, row in zip(files, outputs["label"], outputs["probabilities"])]
+                       for (file_name, _), label, row in zip(files, outputs[LABEL], outputs[PROBABILITIES])]
             return JSONResponse({"model_name": response.model_name, "model_version": response.model_version,
                                  "results": results})
 
@@ -341,7 +342,7 @@ def _timeout_ms(text: str | None) -> float | None:
 
 def _name_files(message: str, names: list[str]) -> str:
     """``image_bytes[2]: ...`` from the decoder names the uploaded file instead."""
-    match = re.match(r"image_bytes\[(\d+)\]: ", message)
+    match = re.match(re.escape(IMAGE_BYTES) + r"\[(\d+)\]: ", message)
     if match and int(match.group(1)) < len(names):
         return f"file {names[int(match.group(1))]!r}: {message[match.end():]}"
     return message

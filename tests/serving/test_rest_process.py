@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.serving.helpers import MODEL, decode_like_server, encode, free_port, http, labels_for, sample_images, wait_until
+from tests.serving.helpers import (MODEL, decode_like_server, encode, free_port, http, labels_for, sample_images,
+                                   wait_until)
 
 HISTOEDGE = [str(Path(sys.executable).parent / "histoedge")]
 

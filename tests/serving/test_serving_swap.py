@@ -61,7 +61,7 @@ def test_retired_version_hands_the_whole_request_to_a_successor_of_another_size(
     # Decoded and resized again for version 2 (24 px), not the 16 px rows prepared for version 1.
     np.testing.assert_allclose(response.outputs[0].data, _expected(tmp_path / MODEL / "2", pngs, 24), rtol=1e-6)
     assert metrics.registry.get_sample_value(
-        "histoedge_requests_total", {"model": MODEL, "version": "2", "outcome": "ok"}) == 1
+        "histoedge_requests_total", {"model": MODEL, "version": "2", "outcome": "ok", "protocol": "internal"}) == 1
 
 
 def test_hot_swap_between_input_sizes_under_load_fails_no_request(tmp_path, start_server):
