@@ -30,12 +30,10 @@ QUICK = {"concurrency": 4, "rounds": 1, "max_requests": 40, "max_seconds": 1.0}
 
 
 def model_image_size(repo: Path, model: str) -> int:
-    import json
+    from histoedge.export.manifest import Manifest
 
     versions = sorted((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    manifest = json.loads((versions[-1] / "manifest.json").read_text())
-    shape = next(t["shape"] for t in manifest["inputs"] if t["name"] == "image")
-    return int(shape[1])
+    return Manifest.load(versions[-1]).image_size[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,7 @@ def oip_rest_request(model_name: str, images: np.ndarray, binary: bool = True) -
     import json
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    tensor: dict[str, Any] = {"name": "image", "datatype": "UINT8", "shape": list(images.shape)}
+    tensor: dict[str, Any] = {"name": IMAGE, "datatype": "UINT8", "shape": list(images.shape)}
     if binary:
         tensor["parameters"] = {"binary_data_size": images.nbytes}
         header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()

@@ -290,7 +290,7 @@ class RestApp:
             metadata = self.dataplane.model_metadata(response.model_name, response.model_version)
             classes = str(metadata.parameters.get("classes", "")).split(",")
             results = [{"file": file_name, "label": bytes(label).decode("utf-8", "replace"),
-                        "probabilities": {c: float(p) for c, p in zip(classes, row)}}
+                        PROBABILITIES: {c: float(p) for c, p in zip(classes, row)}}
                        for (file_name, _), label, row in zip(files, outputs[LABEL], outputs[PROBABILITIES])]
             return JSONResponse({"model_name": response.model_name, "model_version": response.model_version,
                                  "results": results})
