@@ -114,6 +114,10 @@ class Manifest:
         toolkit_version: histoedge version that wrote the package.
         sha256: SHA-256 hex digest of ``model.onnx``.
         extra: free-form facts (opset, measured speed, ensemble method).
+        profile: the reference profile file beside the manifest, ``{"file": "profile.json",
+            "sha256": ...}`` (checked like the model), or None (no quality checks or drift).
+        uncertainty_band: ``[low, high]``: binary models abstain when P(positive) is inside it,
+            others when the top probability is; None: never for uncertainty.
     """
 
     name: str
@@ -132,6 +136,8 @@ class Manifest:
     source: str = ""
     toolkit_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, str] | None = None
+    uncertainty_band: tuple[float, float] | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -174,6 +180,9 @@ class Manifest:
                 source=str(data.get("source", "")),
                 toolkit_version=str(data.get("toolkit_version", "")),
                 extra=dict(data.get("extra", {})),
+                profile=None if data.get("profile") is None else {
+                    str(k): str(v) for k, v in dict(data["profile"]).items()},
+                uncertainty_band=None if data.get("uncertainty_band") is None else _band(data["uncertainty_band"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ManifestError(f"malformed manifest: {error!r}") from error
@@ -200,6 +209,13 @@ class Manifest:
             raise ManifestError(
                 f"{Path(version_dir) / MODEL_FILE}: SHA-256 {actual} does not match "
                 f"manifest {self.sha256}")
+
+
+def _band(value: Any) -> tuple[float, float]:
+    low, high = (float(v) for v in value)
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"uncertainty_band {[low, high]} must satisfy 0 <= low <= high <= 1")
+    return low, high
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -29,6 +29,8 @@ from histoedge.serving import images
 from histoedge.serving.batcher import Batcher, Outputs
 from histoedge.serving.errors import CancelledError, DeadlineExceededError, InvalidInputError, ModelLoadError
 from histoedge.serving.metrics import ServerMetrics
+from histoedge.serving.monitoring.monitor import Monitoring, refuse_monitoring_options
+from histoedge.serving.monitoring.profile import ReferenceProfile, load_profile
 from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
 from histoedge.serving.settings import ServerSettings
 
@@ -70,8 +72,11 @@ class ModelVersion:
     """A model version ready to serve.  Build with :meth:`load`."""
 
     def __init__(self, manifest: Manifest, path: Path, session: ort.InferenceSession,
-                 settings: ServerSettings, metrics: ServerMetrics, run_hook: RunHook | None = None) -> None:
+                 settings: ServerSettings, metrics: ServerMetrics, run_hook: RunHook | None = None,
+                 monitoring: Monitoring | None = None, profile: ReferenceProfile | None = None) -> None:
         self.manifest = manifest
+        self.monitoring = monitoring  # None: --no-monitoring
+        self.profile = profile        # the package's reference profile, if it has one
         self.path = path
         self.session = session
         self.settings = settings
@@ -99,7 +104,7 @@ class ModelVersion:
 
     @classmethod
     def load(cls, path: Path, settings: ServerSettings, metrics: ServerMetrics,
-             run_hook: RunHook | None = None) -> "ModelVersion":
+             run_hook: RunHook | None = None, monitoring: Monitoring | None = None) -> "ModelVersion":
         """Verify, load and warm up ``path`` (``MODELS/<name>/<version>``); raise ModelLoadError."""
         try:
             manifest = Manifest.load(path)
@@ -110,6 +115,7 @@ class ModelVersion:
                 raise ModelLoadError(
                     f"manifest says {manifest.name}/{manifest.version} but the folder is "
                     f"{path.parent.name}/{path.name}")
+            profile = load_profile(path, manifest.profile)
             session = create_session(model_bytes, settings)
         except (OSError, ManifestError, ValueError, KeyError) as error:
             raise ModelLoadError(str(error)) from error
@@ -117,7 +123,7 @@ class ModelVersion:
             raise
         except Exception as error:  # onnxruntime raises its own types for bad graphs
             raise ModelLoadError(f"onnxruntime cannot load {path / MODEL_FILE}: {error}") from error
-        model = cls(manifest, path, session, settings, metrics, run_hook)
+        model = cls(manifest, path, session, settings, metrics, run_hook, monitoring, profile)
         model._check_graph()
         model._warm_up()
         model.batcher.start()
@@ -164,16 +170,24 @@ class ModelVersion:
         means this version was retired before the request was queued, and the whole
         request may be sent to another version.
         """
+        # Monitoring (quality, drift, abstention, feedback): see serving/monitoring/monitor.py.
+        watch = self.monitoring.begin(request) if self.monitoring else refuse_monitoring_options(request)
         self.batcher.announce()  # the batcher may wait for this request while it decodes
         try:
             rows = self._prepare_inputs(request.inputs)
-            names = self._check_outputs(request.outputs)
+            requested = watch.outputs if watch else request.outputs
+            names = [] if watch and watch.quality and not requested else self._check_outputs(requested)
             future = self.batcher.submit(rows, request.deadline)
         finally:
             self.batcher.withdraw()
+        if watch:
+            watch.assess(self, rows, request.inputs)  # while the batch runs
         outputs = _wait(future, request)
-        return InferenceResponse(model_name=self.name, model_version=str(self.version),
-                                 outputs=self._make_outputs(outputs, names), id=request.id)
+        tensors = self._make_outputs(outputs, names)
+        if watch:
+            tensors = watch.finish(outputs, tensors)
+        return InferenceResponse(model_name=self.name, model_version=str(self.version), outputs=tensors,
+                                 id=watch.request_id if watch else request.id)
 
     def _prepare_inputs(self, inputs: list[Tensor]) -> np.ndarray:
         """Validate the request's inputs and return uint8 [N, H, W, 3]."""
@@ -218,6 +232,11 @@ class ModelVersion:
             result.append(TensorMetadata(output.name, "FP32", tuple(specs.get(output.name, graph_shape))))
         return result + [TensorMetadata(LABEL, "BYTES", (-1,))]
 
+    def _known_outputs(self) -> list[TensorMetadata]:
+        """What metadata advertises: the outputs, plus ``quality`` when monitoring is on."""
+        extra = [self.monitoring.output_metadata()] if self.monitoring else []
+        return self.output_metadata() + extra
+
     def _check_outputs(self, requested: list[str]) -> list[str]:
         """The outputs to return, in order; raise InvalidInputError for unknown names."""
         known = [spec.name for spec in self.output_metadata()]
@@ -235,14 +254,18 @@ class ModelVersion:
                 result.append(Tensor(name, "FP32", np.asarray(outputs[name], dtype=np.float32)))
         return result
 
-    def labels(self, probabilities: np.ndarray) -> np.ndarray:
-        """Class names: binary models threshold P(positive); others take the arg-max."""
+    def predicted_classes(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indices: binary models threshold P(positive); others take the arg-max."""
         classes = self.manifest.classes
         positive, threshold = self.manifest.positive_class, self.manifest.threshold
         if len(classes) == 2 and positive is not None and threshold is not None:
-            chosen = np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
-        else:
-            chosen = np.argmax(probabilities, axis=1)
+            return np.where(probabilities[:, positive] >= threshold, positive, 1 - positive)
+        return np.argmax(probabilities, axis=1)
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class names of :meth:`predicted_classes`."""
+        classes = self.manifest.classes
+        chosen = self.predicted_classes(probabilities)
         labels = np.empty(len(chosen), dtype=object)
         labels[:] = [classes[int(index)].encode("utf-8") for index in chosen]
         return labels
@@ -260,11 +283,14 @@ class ModelVersion:
             parameters["threshold"] = float(manifest.threshold)
         if manifest.positive_class is not None:
             parameters["positive_class"] = int(manifest.positive_class)
+        if manifest.uncertainty_band is not None:
+            parameters["uncertainty_band"] = ",".join(f"{v:.6g}" for v in manifest.uncertainty_band)
+        parameters["reference_profile"] = self.profile is not None
         return ModelMetadata(
             name=self.name, versions=versions, platform="onnxruntime_onnx",
             inputs=(TensorMetadata(IMAGE, "UINT8", (-1, height, width, 3)),
                     TensorMetadata(IMAGE_BYTES, "BYTES", (-1,))),
-            outputs=tuple(self.output_metadata()), parameters=parameters)
+            outputs=tuple(self._known_outputs()), parameters=parameters)
 
 
 def _wait(future: concurrent.futures.Future, request: InferenceRequest) -> Outputs:

@@ -67,6 +67,7 @@ class InferenceRequest:
         deadline: ``time.monotonic()`` value after which the answer is useless, or None.
         cancel: fired when the client goes away.
         protocol: the transport that received it ("grpc", "rest"); labels the request metrics.
+        parameters: request parameters (bool, int, float or str), e.g. ``abstain``.
     """
 
     model_name: str
@@ -77,6 +78,7 @@ class InferenceRequest:
     deadline: float | None = None
     cancel: CancelToken = field(default_factory=CancelToken)
     protocol: str = "internal"
+    parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from histoedge import HistoedgeError
 from histoedge.serving._proto import inference_pb2, inference_pb2_grpc
 from histoedge.serving.dataplane import DataPlane
 from histoedge.serving.metrics import ServerMetrics
+from histoedge.serving.monitoring.monitor import Monitoring
 from histoedge.serving.repository import ModelRegistry, ModelRepository
 from histoedge.serving.rest import RestServer
 from histoedge.serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
@@ -76,7 +77,9 @@ class InferenceServer:
             raise HistoedgeError(str(error)) from None
         self.settings = settings
         self.metrics = ServerMetrics(registry if registry is not None else CollectorRegistry())
-        loader = partial(ModelVersion.load, settings=settings, metrics=self.metrics, run_hook=run_hook)
+        self.monitoring = None if settings.no_monitoring else Monitoring(settings, self.metrics.registry)
+        loader = partial(ModelVersion.load, settings=settings, metrics=self.metrics, run_hook=run_hook,
+                         monitoring=self.monitoring)
         self.models = ModelRegistry(ModelRepository(Path(settings.repo)), loader, self._update_health)
         self.dataplane = DataPlane(self.models, self.metrics)
         self.health = health.HealthServicer()
@@ -156,6 +159,8 @@ class InferenceServer:
         for name, version in served | self._served:
             self.metrics.model_ready.labels(model=name, version=str(version)).set((name, version) in served)
         self._served = served
+        if self.monitoring is not None:
+            self.monitoring.retain(served)
 
     def reload(self) -> None:
         """Rescan the repository soon (what SIGHUP does)."""

@@ -102,7 +102,13 @@ def request_from_pb(message: pb.ModelInferRequest, time_remaining: float | None)
     return InferenceRequest(
         model_name=message.model_name, model_version=message.model_version, inputs=inputs,
         outputs=[output.name for output in message.outputs], id=message.id, deadline=deadline,
-        protocol="grpc")
+        protocol="grpc",
+        parameters={key: _parameter_value(value) for key, value in message.parameters.items()})
+
+
+def _parameter_value(parameter: pb.InferParameter):
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
 
 
 def response_to_pb(response: InferenceResponse) -> pb.ModelInferResponse:

@@ -69,6 +69,13 @@ class ServerSettings:
     tls_key: Path | None = _option(None, Path, "server private key (PEM) for TLS", "none")
     tls_client_ca: Path | None = _option(None, Path, "require client certificates signed by this CA (PEM; mutual TLS)",
                                          "none")
+    no_monitoring: bool = _option(False, bool_option, "skip input quality, drift, abstention and feedback")
+    abstain: bool = _option(False, bool_option, "answer 'indeterminate' for images failing a quality check or "
+                                                "inside the uncertainty band unless a request sets abstain")
+    drift_window_images: int = _option(500, int, "images in the count-based drift window per model version")
+    drift_window_seconds: float = _option(900.0, float, "seconds covered by the time-based drift window")
+    feedback_window: int = _option(1000, int, "labelled outcomes kept per model version for sensitivity etc.")
+    prediction_memory: int = _option(10000, int, "recent predicted images remembered for feedback by request id")
 
     def __post_init__(self) -> None:
         if self.threads is None:
@@ -90,7 +97,8 @@ class ServerSettings:
             raise HistoedgeError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.batch_wait not in ("arriving", "full"):
             raise HistoedgeError(f"--batch-wait must be arriving or full, not {self.batch_wait!r}")
-        for name in ("max_batch_size", "max_queue_size", "threads", "max_message_mb", "max_image_pixels"):
+        for name in ("max_batch_size", "max_queue_size", "threads", "max_message_mb", "max_image_pixels",
+                     "drift_window_images", "feedback_window", "prediction_memory"):
             if getattr(self, name) < 1:
                 raise HistoedgeError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("port", "metrics_port", "http_port"):
@@ -99,6 +107,10 @@ class ServerSettings:
         for name in ("max_queue_delay_ms", "poll_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise HistoedgeError(f"--{name.replace('_', '-')} must not be negative")
+        if not self.drift_window_seconds > 0:
+            raise HistoedgeError("--drift-window-seconds must be positive")
+        if self.abstain and self.no_monitoring:
+            raise HistoedgeError("--abstain needs monitoring; drop --no-monitoring")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise HistoedgeError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:

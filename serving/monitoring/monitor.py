@@ -1,0 +1,303 @@
+"""The server side of monitoring: per-version state, the request hook and the Prometheus collector.
+
+The data plane calls three things per request (see :class:`Watch`): :meth:`Monitoring.begin`
+before decoding (reads the ``abstain`` parameter and the ``quality`` output),
+:meth:`Watch.assess` while the batch runs (features and quality checks of the decoded
+images), and :meth:`Watch.finish` with the model's outputs (windows, abstention, the
+``quality`` output, the prediction log for feedback).  Metrics are produced at scrape time
+by one collector from the versions being served, so an unloaded version's series vanish.
+
+Example::
+
+    monitoring = Monitoring(settings, registry)
+    watch = monitoring.begin(request)
+    ...
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from histoedge.serving import images as image_codec
+from histoedge.serving.errors import InvalidInputError, ModelNotFoundError
+from histoedge.serving.monitoring import quality
+from histoedge.serving.monitoring.drift import CountWindow, TimeWindow, psi
+from histoedge.serving.monitoring.feedback import MAX_ID_CHARS, Outcomes, Prediction, PredictionLog
+from histoedge.serving.monitoring.profile import REASONS, prediction_values
+from histoedge.serving.schema import Tensor, TensorMetadata
+
+log = logging.getLogger(__name__)
+
+QUALITY = "quality"
+ABSTAIN = "abstain"
+WINDOWS = ("count", "time")
+
+
+def flag_parameter(parameters: dict, name: str, default: bool) -> bool:
+    """A boolean request parameter (bool, or the strings true/false); else InvalidInputError."""
+    value = parameters.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise InvalidInputError(f"request parameter '{name}' must be a boolean, not {str(value)[:40]!r}")
+
+
+def refuse_monitoring_options(request) -> None:
+    """With ``--no-monitoring``: refuse a request that asks for ``quality`` or ``abstain``."""
+    if QUALITY in request.outputs or ABSTAIN in (getattr(request, "parameters", None) or {}):
+        raise InvalidInputError("this server runs with --no-monitoring: no 'quality' output, no abstain")
+
+
+class VersionMonitor:
+    """Quality tallies, drift windows and labelled outcomes of one served model version."""
+
+    def __init__(self, model, settings) -> None:
+        manifest = model.manifest
+        self.model, self.name, self.version = model, manifest.name, manifest.version
+        self.profile = getattr(model, "profile", None)
+        binary = len(manifest.classes) == 2 and manifest.positive_class is not None
+        self.positive_class = manifest.positive_class if binary else None
+        self.band = getattr(manifest, "uncertainty_band", None)
+        profile = self.profile
+        self.streams = [] if profile is None else (
+            [(name, dist, "feature") for name, dist in profile.features.items() if name in quality.COLUMNS]
+            + [(name, dist, "prediction") for name, dist in profile.predictions.items()])
+        self.windows = {"count": CountWindow(len(self.streams), settings.drift_window_images),
+                        "time": TimeWindow(len(self.streams), settings.drift_window_seconds)}
+        self.images = 0
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.abstentions: collections.Counter[str] = collections.Counter()
+        self.outcomes = Outcomes(settings.feedback_window, self.positive_class)
+        self._lock = threading.Lock()
+
+    def observe(self, assessment: quality.Assessment, probabilities: np.ndarray, predicted: np.ndarray,
+                in_band: np.ndarray, abstained: list[str | None]) -> None:
+        n = len(predicted)
+        bins = np.zeros((n, len(self.streams)), dtype=np.int64)
+        predictions = prediction_values(probabilities, self.positive_class)
+        for j, (name, dist, kind) in enumerate(self.streams):
+            values = assessment.column(name) if kind == "feature" else predictions.get(name)
+            if values is not None:
+                bins[:, j] = dist.bins(values)
+        positive = (predicted == self.positive_class) if self.positive_class is not None else np.zeros(n, bool)
+        with self._lock:
+            self.images += n
+            for failed in assessment.failed:
+                self.failures.update(failed)
+            self.abstentions.update(reason for reason in abstained if reason)
+            for window in self.windows.values():
+                window.add(bins, positive, in_band)
+
+    def snapshot(self) -> dict:
+        """Everything the collector exports, read under the lock."""
+        with self._lock:
+            windows = {}
+            for name, window in self.windows.items():
+                totals = window.snapshot()
+                windows[name] = {
+                    "images": totals.images, "positive": totals.positive, "uncertain": totals.uncertain,
+                    "psi": {stream: psi(totals.counts[j, :len(dist.fractions)], dist.fractions)
+                            for j, (stream, dist, _) in enumerate(self.streams)} if totals.images else {}}
+            return {"images": self.images, "failures": dict(self.failures),
+                    "abstentions": dict(self.abstentions), "windows": windows,
+                    "outcomes": self.outcomes.rates()}
+
+
+@dataclass
+class FeedbackResult:
+    model: str
+    version: int
+    predicted: str
+    correct: bool
+    labels: int
+
+
+@dataclass
+class Watch:
+    """One request's monitoring: created by :meth:`Monitoring.begin`."""
+
+    monitoring: "Monitoring"
+    request_id: str
+    abstain: bool
+    quality: bool
+    outputs: list[str]
+    assessment: quality.Assessment | None = None
+    model: object = None
+    aspect_ratios: np.ndarray | None = field(default=None, repr=False)
+
+    def assess(self, model, rows: np.ndarray, inputs: list[Tensor]) -> None:
+        """Features and checks of the decoded ``rows`` (call while the batch runs)."""
+        self.model = model
+        ratios = None
+        if inputs and inputs[0].name == "image_bytes":
+            ratios = np.empty(len(rows))
+            for index, data in enumerate(inputs[0].data.reshape(-1)):
+                _, width, height = image_codec.image_dimensions(bytes(data))  # decoded: valid
+                ratios[index] = width / height
+        self.assessment = quality.assess(rows, getattr(model, "profile", None), ratios)
+
+    def finish(self, outputs: dict, tensors: list[Tensor]) -> list[Tensor]:
+        """Record the answer; return the output tensors with abstention and ``quality`` applied."""
+        model, assessment = self.model, self.assessment
+        monitor = self.monitoring.monitor(model)
+        probabilities = np.asarray(outputs["probabilities"])
+        predicted = model.predicted_classes(probabilities)
+        in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
+        reasons = quality.abstentions(assessment, in_band) if self.abstain else [None] * len(predicted)
+        monitor.observe(assessment, probabilities, predicted, in_band, reasons)
+        self.monitoring.predictions.remember(
+            self.request_id, [Prediction(model.name, model.version, int(p)) for p in predicted])
+        result = []
+        for tensor in tensors:
+            if tensor.name == "label" and self.abstain:
+                labels = tensor.data.copy()
+                for index, reason in enumerate(reasons):
+                    if reason:
+                        labels[index] = quality.INDETERMINATE.encode()
+                tensor = Tensor(tensor.name, tensor.datatype, labels)
+            result.append(tensor)
+        if self.quality:
+            data = np.empty(len(predicted), dtype=object)
+            data[:] = [quality.quality_json(assessment, i, reasons[i]) for i in range(len(predicted))]
+            result.append(Tensor(QUALITY, "BYTES", data))
+        return result
+
+
+class Monitoring:
+    """Monitoring of every served version; registers its collector in ``registry``.
+
+    Args:
+        settings: :class:`~histoedge.serving.settings.ServerSettings` (windows, defaults).
+        registry: the server's Prometheus registry.
+    """
+
+    def __init__(self, settings, registry) -> None:
+        self.settings = settings
+        self.predictions = PredictionLog(settings.prediction_memory)
+        self._monitors: dict[tuple[str, int], VersionMonitor] = {}
+        self._lock = threading.Lock()
+        self.reports: collections.Counter[str] = collections.Counter()
+        registry.register(_Collector(self))
+
+    def begin(self, request) -> Watch:
+        """Read the request's monitoring options; an id is made up when the request has none."""
+        parameters = getattr(request, "parameters", {}) or {}
+        abstain = flag_parameter(parameters, ABSTAIN, self.settings.abstain)
+        wants_quality = QUALITY in request.outputs
+        outputs = [name for name in request.outputs if name != QUALITY]
+        request_id = (request.id or uuid.uuid4().hex)[:MAX_ID_CHARS]
+        return Watch(self, request_id, abstain, wants_quality, outputs)
+
+    def monitor(self, model) -> VersionMonitor:
+        key = (model.name, model.version)
+        monitor = self._monitors.get(key)
+        if monitor is None or monitor.model is not model:
+            with self._lock:
+                monitor = self._monitors.get(key)
+                if monitor is None or monitor.model is not model:
+                    monitor = self._monitors[key] = VersionMonitor(model, self.settings)
+        return monitor
+
+    def retain(self, served: set[tuple[str, int]]) -> None:
+        """Forget the versions that are no longer served (their series vanish)."""
+        with self._lock:
+            for key in [k for k in self._monitors if k not in served]:
+                del self._monitors[key]
+
+    def output_metadata(self) -> TensorMetadata:
+        return TensorMetadata(QUALITY, "BYTES", (-1,))
+
+    def feedback(self, request_id: str, index: int, label: str) -> FeedbackResult:
+        """Record the true ``label`` of image ``index`` of request ``request_id``."""
+        request_id = request_id[:MAX_ID_CHARS]
+        prediction = self.predictions.find(request_id, index)
+        if prediction is None:
+            self.reports["unknown_id"] += 1
+            raise ModelNotFoundError(
+                f"no recent prediction for request id {request_id[:64]!r} image {index} (the server "
+                f"remembers the last {self.settings.prediction_memory} predicted images)")
+        monitor = self._monitors.get((prediction.model, prediction.version))
+        if monitor is None:
+            self.reports["unknown_id"] += 1
+            raise ModelNotFoundError(f"model {prediction.model} version {prediction.version} is no longer served")
+        classes = monitor.model.manifest.classes
+        if label not in classes:
+            self.reports["bad_label"] += 1
+            raise InvalidInputError(f"label {label[:64]!r} is not one of the model's classes {list(classes)}")
+        true = classes.index(label)
+        monitor.outcomes.add((request_id, index), prediction.predicted, true)
+        self.reports["recorded"] += 1
+        rates = monitor.outcomes.rates()
+        return FeedbackResult(prediction.model, prediction.version, classes[prediction.predicted],
+                              prediction.predicted == true, int(rates["labels"]))
+
+    def snapshots(self) -> list[tuple[VersionMonitor, dict]]:
+        with self._lock:
+            monitors = list(self._monitors.values())
+        return [(monitor, monitor.snapshot()) for monitor in monitors]
+
+
+class _Collector:
+    """Builds the monitoring metrics at scrape time."""
+
+    def __init__(self, monitoring: Monitoring) -> None:
+        self.monitoring = monitoring
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        labels = ["model", "version"]
+        images = CounterMetricFamily("histoedge_quality_images", "images checked for quality", labels=labels)
+        failures = CounterMetricFamily("histoedge_quality_failures", "images failing a quality check, by reason",
+                                       labels=labels + ["reason"])
+        abstentions = CounterMetricFamily("histoedge_abstentions", "images answered 'indeterminate', by reason",
+                                          labels=labels + ["reason"])
+        drift = GaugeMetricFamily("histoedge_drift_psi", "population stability index of a feature or "
+                                  "prediction in a sliding window against the reference profile",
+                                  labels=labels + ["feature", "window"])
+        window_images = GaugeMetricFamily("histoedge_window_images", "images in the sliding window",
+                                          labels=labels + ["window"])
+        positive = GaugeMetricFamily("histoedge_positive_rate", "share of positive predictions in the window",
+                                     labels=labels + ["window"])
+        low = GaugeMetricFamily("histoedge_low_confidence_rate",
+                                "share of predictions inside the uncertainty band in the window",
+                                labels=labels + ["window"])
+        feedback = {name: GaugeMetricFamily(f"histoedge_feedback_{name}", text, labels=labels) for name, text in (
+            ("labels", "labelled outcomes in the feedback window"),
+            ("accuracy", "accuracy of the labelled outcomes in the feedback window"),
+            ("sensitivity", "sensitivity (recall of the positive class) of the labelled outcomes"),
+            ("specificity", "specificity of the labelled outcomes in the feedback window"))}
+        for monitor, snap in self.monitoring.snapshots():
+            key = [monitor.name, str(monitor.version)]
+            images.add_metric(key, snap["images"])
+            for reason in REASONS:
+                failures.add_metric(key + [reason], snap["failures"].get(reason, 0))
+            for reason in ("quality", "uncertain"):
+                abstentions.add_metric(key + [reason], snap["abstentions"].get(reason, 0))
+            for window, totals in snap["windows"].items():
+                window_images.add_metric(key + [window], totals["images"])
+                for feature, value in totals["psi"].items():
+                    drift.add_metric(key + [feature, window], value)
+                if totals["images"]:
+                    if monitor.positive_class is not None:
+                        positive.add_metric(key + [window], totals["positive"] / totals["images"])
+                    if monitor.band is not None:
+                        low.add_metric(key + [window], totals["uncertain"] / totals["images"])
+            for name, value in snap["outcomes"].items():
+                feedback[name].add_metric(key, value)
+        reports = CounterMetricFamily("histoedge_feedback_reports", "feedback reports by outcome",
+                                      labels=["outcome"])
+        for outcome in ("recorded", "unknown_id", "bad_label"):
+            reports.add_metric([outcome], self.monitoring.reports[outcome])
+        yield from (images, failures, abstentions, drift, window_images, positive, low, *feedback.values(), reports)
