@@ -48,6 +48,24 @@ def read_images(paths: list[Path], size: int) -> tuple[np.ndarray, list[int]]:
     return np.stack(images), kept
 
 
+def aspect_ratios(paths: list[Path]) -> np.ndarray:
+    """Width / height of each readable image file, from its header (unreadable ones left out)."""
+    from histoedge.serving.errors import InvalidInputError  # noqa: PLC0415
+    from histoedge.serving.images import image_dimensions  # noqa: PLC0415
+
+    ratios = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(1 << 16)
+            _, width, height = image_dimensions(head)
+        except (OSError, InvalidInputError):
+            continue
+        if width > 0 and height > 0:
+            ratios.append(width / height)
+    return np.array(ratios, dtype=np.float64)
+
+
 def read_splits(splits_csv: Path) -> list[dict[str, str]]:
     """Rows of ``splits.csv`` (path,label,patient,split)."""
     try:

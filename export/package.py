@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, build
 from histoedge.export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
 from histoedge.export.repository import ExportError, VersionWriter
 from histoedge.export.verify import make_session, measure_latency, predict
+from histoedge.serving.monitoring.features import image_features
+from histoedge.serving.monitoring.profile import PROFILE_FILE, build_profile, file_reference, uncertainty_band
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ class ExportOptions:
         parity_tolerance: largest accepted absolute difference in probabilities.
         int8: quantisation settings.
         latency_threads: onnxruntime threads when measuring latency.
+        profile_images: at most this many training images go into the reference profile
+            (plus every validation image).
+        uncertain_fraction: share of validation images inside the uncertainty band.
     """
 
     precision: str = "fp32"
@@ -61,6 +67,8 @@ class ExportOptions:
     parity_tolerance: float = 1e-4
     int8: Int8Settings = field(default_factory=lambda: INT8_DEFAULT)
     latency_threads: int = 2
+    profile_images: int = 1000
+    uncertain_fraction: float = 0.1
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -82,6 +90,9 @@ class ExportSource:
     parity_images: np.ndarray
     calibration: Any  # callable(limit) -> uint8 images, evaluated only for int8
     notes: dict[str, Any] = field(default_factory=dict)
+    # callable(limit) -> (images for features, labelled validation images or None,
+    # width/height of the original files or None); None: no reference profile
+    reference: Any = None
 
 
 def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
@@ -111,8 +122,17 @@ def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
         members=[KerasMember(load_keras_model(p)) for p in paths], spec=spec,
         description=str(run_dir.resolve()), source_hashes=hashes,
         test_images=test_images, test_labels=test_labels, parity_images=parity,
-        calibration=lambda limit: data.split_images(splits, "train", size, classes, limit=limit)[0])
+        calibration=lambda limit: data.split_images(splits, "train", size, classes, limit=limit)[0],
+        reference=lambda limit: _run_reference(splits, size, classes, limit))
     return _export(source, writer, options)
+
+
+def _run_reference(splits: Path, size: int, classes: tuple[str, ...], limit: int):
+    """Training (up to ``limit``) and validation images, and the files' aspect ratios."""
+    train, _ = data.split_images(splits, "train", size, classes, limit=limit)
+    val, _ = data.split_images(splits, "val", size, classes)
+    rows = [r for r in data.read_splits(splits) if r["split"] in ("train", "val")]
+    return np.concatenate([train, val]), val, data.aspect_ratios([Path(r["path"]) for r in rows])
 
 
 def export_keras(model_path: Path, classes: tuple[str, ...], repo: Path, name: str,
@@ -173,8 +193,37 @@ def export_keras(model_path: Path, classes: tuple[str, ...], repo: Path, name: s
         test_images=test_images, test_labels=test_labels, parity_images=parity,
         calibration=lambda limit: data.folder_images(Path(calibration_source), height, limit=limit),
         notes={"input_scale": scale, "rescaling_layer_detected": rescales,
-               "sigmoid_output_expanded": sigmoid})
+               "sigmoid_output_expanded": sigmoid},
+        reference=None if calibration_source is None else lambda limit: _folder_reference(
+            Path(calibration_source), height, limit, test_images))
     return _export(source, writer, options)
+
+
+def _folder_reference(folder: Path, size: int, limit: int, labelled: np.ndarray):
+    images = data.folder_images(folder, size, limit=limit)
+    predicted = labelled if len(labelled) else images
+    return images, predicted, data.aspect_ratios(data.image_paths(folder)[:limit])
+
+
+def _write_profile(source: ExportSource, writer: VersionWriter, session, options: ExportOptions):
+    """Write the reference profile; return (manifest reference, uncertainty band) or (None, None)."""
+    if source.reference is None:
+        log.warning("no reference images: the model package gets no profile (no quality checks or drift)")
+        return None, None
+    images, validation, ratios = source.reference(options.profile_images)
+    if len(images) < 2:
+        log.warning("fewer than 2 reference images: no profile")
+        return None, None
+    spec = source.spec
+    probabilities = predict(session, validation)[0] if len(validation) else None
+    positive = spec.positive_class if spec.n_classes == 2 else None
+    profile = build_profile(image_features(images), probabilities, positive, ratios)
+    band = None if probabilities is None else uncertainty_band(
+        probabilities, spec.threshold if positive is not None else None, positive, options.uncertain_fraction)
+    path = writer.write_text(PROFILE_FILE, profile.to_json())
+    log.info("reference profile of %d images (%d validation predictions); uncertainty band %s",
+             len(images), 0 if probabilities is None else len(probabilities), band)
+    return file_reference(path), band
 
 
 def _export(source: ExportSource, writer: VersionWriter, options: ExportOptions) -> Manifest:
@@ -206,10 +255,13 @@ def _export(source: ExportSource, writer: VersionWriter, options: ExportOptions)
         set_metadata(model, metadata)
         model_bytes = model.SerializeToString()
         path = writer.write_bytes(MODEL_FILE, model_bytes)
+        profile, band = _write_profile(source, writer, make_session(model_bytes, options.latency_threads),
+                                       options)
         manifest = _manifest(source, writer, options, sha256_file(path), metrics, {
             "opset": options.opset, "ensemble_method": spec.method, "parity_max_abs_diff": parity,
             "latency_ms": latency, "latency_threads": options.latency_threads,
             "source_sha256": source.source_hashes, **source.notes, **extra})
+        manifest = dataclasses.replace(manifest, profile=profile, uncertainty_band=band)
         writer.write_text(MANIFEST_FILE, manifest.to_json())
     log.info("exported %s (%s, %.1f MB)", writer.final_path, options.precision, len(model_bytes) / 1e6)
     return manifest

@@ -120,11 +120,26 @@ def verify_version(version_dir: Path, batch_size: int = 4, tolerance: float = 1e
         report.add("onnxruntime load", False, str(error).splitlines()[0])
         return report
     report.add("onnxruntime load", True, ", ".join(session.get_providers()))
+    _check_profile(report, manifest, version_dir)
     _check_tensors(report, manifest, session)
     if report.ok:
         _check_batch(report, manifest, session, batch_size, tolerance)
     _check_metadata(report, manifest, session)
     return report
+
+
+def _check_profile(report: VerifyReport, manifest: Manifest, version_dir: Path) -> None:
+    from histoedge.serving.monitoring.profile import ProfileError, load_profile  # noqa: PLC0415
+
+    if manifest.profile is None:
+        report.add("reference profile", True, "none (no quality checks or drift in the server)")
+        return
+    try:
+        profile = load_profile(version_dir, manifest.profile)
+        report.add("reference profile", True, f"{manifest.profile.get('file')}: {len(profile.features)} "
+                                              f"features, {len(profile.checks)} checks")
+    except ProfileError as error:
+        report.add("reference profile", False, str(error))
 
 
 def _check_tensors(report: VerifyReport, manifest: Manifest, session) -> None:

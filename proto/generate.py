@@ -1,4 +1,4 @@
-"""Regenerate ``serving/_proto`` from ``proto/inference.proto`` (a developer tool, not installed).
+"""Regenerate ``serving/_proto`` from ``proto/*.proto`` (a developer tool, not installed).
 
 Needs ``grpcio-tools`` (the ``dev`` extra)::
 
@@ -9,8 +9,9 @@ Two edits follow ``protoc``:
 
 * the messages go into a private descriptor pool instead of the process-wide
   default one, because Triton's client registers the same ``inference.*``
-  names there and protobuf refuses a second definition in one pool;
-* the ``*_pb2_grpc`` module imports its messages relative to the package,
+  names there and protobuf refuses a second definition in one pool (every
+  file gets the same treatment);
+* each ``*_pb2_grpc`` module imports its messages relative to the package,
   so the code works when installed.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent
-PROTO_FILE = "inference.proto"
+PROTO_FILES = ("inference.proto", "monitoring.proto")
 OUT_DIR = REPO_ROOT / "serving" / "_proto"
 
 _DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
@@ -31,8 +32,6 @@ _PRIVATE_POOL = (
     "# in the default pool, and one pool cannot hold both.\n"
     "POOL = _descriptor_pool.DescriptorPool()\n"
     "DESCRIPTOR = POOL.AddSerializedFile(")
-_ABSOLUTE_IMPORT = "import inference_pb2 as inference__pb2"
-_RELATIVE_IMPORT = "from . import inference_pb2 as inference__pb2"
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -44,16 +43,19 @@ def generate(out_dir: Path) -> list[Path]:
     status = protoc.main([
         "grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{include}",
         f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
-        str(PROTO_DIR / PROTO_FILE)])
+        *(str(PROTO_DIR / name) for name in PROTO_FILES)])
     if status != 0:
         raise RuntimeError(f"protoc failed with status {status}")
-    messages = out_dir / "inference_pb2.py"
-    services = out_dir / "inference_pb2_grpc.py"
-    _replace_once(messages, _DEFAULT_POOL, _PRIVATE_POOL)
-    _replace_once(services, _ABSOLUTE_IMPORT, _RELATIVE_IMPORT)
     init = out_dir / "__init__.py"
-    init.write_text('"""Code generated from proto/inference.proto by `python proto/generate.py`."""\n')
-    return [init, messages, services]
+    init.write_text('"""Code generated from proto/*.proto by `python proto/generate.py`."""\n')
+    written = [init]
+    for name in PROTO_FILES:
+        stem = name.removesuffix(".proto")
+        messages, services = out_dir / f"{stem}_pb2.py", out_dir / f"{stem}_pb2_grpc.py"
+        _replace_once(messages, _DEFAULT_POOL, _PRIVATE_POOL)
+        _replace_once(services, f"import {stem}_pb2 as {stem}__pb2", f"from . import {stem}_pb2 as {stem}__pb2")
+        written += [messages, services]
+    return written
 
 
 def _replace_once(path: Path, old: str, new: str) -> None:

@@ -54,6 +54,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     classify.set_defaults(handler="histoedge.serving.client:cli_classify")
 
+    feedback = subparsers.add_parser(
+        "feedback", help="report the true label of an image classified earlier (running sensitivity etc.)",
+        description="Report the true label of an earlier request's image, by the request id the "
+                    "server answered with; the server updates the running sensitivity, specificity "
+                    "and accuracy of the model version that answered (Prometheus metrics).")
+    _add_tls_client_flags(feedback)
+    feedback.add_argument("--index", type=int, default=0, help="image position in the request (default 0)")
+    feedback.add_argument("id", metavar="ID", help="request id (ModelInferResponse.id)")
+    feedback.add_argument("label", metavar="LABEL", help="true class name")
+    feedback.set_defaults(handler="histoedge.serving.client:cli_feedback")
+
     check = subparsers.add_parser(
         "health", help="exit 0 only if the server's gRPC health check says SERVING")
     _add_tls_client_flags(check)

@@ -24,6 +24,7 @@ from histoedge.export.manifest import IMAGE, IMAGE_BYTES, LABEL, PROBABILITIES
 from histoedge.serving import codecs
 from histoedge.serving._proto import inference_pb2 as pb
 from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
+from histoedge.serving._proto import monitoring_pb2, monitoring_pb2_grpc
 from histoedge.serving.schema import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -39,6 +40,8 @@ class Prediction:
     probability: float | None = None
     probabilities: list[float] | None = None
     error: str | None = None
+    request_id: str | None = None  # with ``index``, what ``histoedge feedback`` takes
+    index: int | None = None
 
 
 def _read(path: Path | None) -> bytes | None:
@@ -75,7 +78,9 @@ class InferenceClient:
         self.timeout = timeout
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._monitoring = monitoring_pb2_grpc.MonitoringServiceStub(self.channel)
         self._metadata: dict[tuple[str, str], pb.ModelMetadataResponse] = {}
+        self.last_id = ""
 
     def __enter__(self) -> "InferenceClient":
         return self
@@ -105,12 +110,24 @@ class InferenceClient:
     def model_metadata(self, model: str = "", version: str = "") -> pb.ModelMetadataResponse:
         return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=self.timeout)
 
+    def feedback(self, request_id: str, label: str, index: int = 0) -> monitoring_pb2.FeedbackResponse:
+        """Report the true ``label`` of image ``index`` of the earlier request ``request_id``."""
+        return self._monitoring.Feedback(
+            monitoring_pb2.FeedbackRequest(id=request_id, index=index, label=label), timeout=self.timeout)
+
     # --- inference ----------------------------------------------------------------
 
     def infer(self, inputs: Sequence[Tensor], model: str = "", version: str = "",
-              outputs: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], str]:
-        """Send tensors; return (outputs by name, version that answered)."""
-        request = pb.ModelInferRequest(model_name=model, model_version=version)
+              outputs: Sequence[str] = (), request_id: str = "", abstain: bool | None = None
+              ) -> tuple[dict[str, np.ndarray], str]:
+        """Send tensors; return (outputs by name, version that answered).
+
+        ``abstain`` sets the request parameter (None: the server's default); the id the
+        server answered with (``request_id`` or one it made up) is in :attr:`last_id`.
+        """
+        request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+        if abstain is not None:
+            request.parameters["abstain"].bool_param = abstain
         for tensor in inputs:
             message, raw = codecs.encode_input(tensor)
             request.inputs.append(message)
@@ -118,6 +135,7 @@ class InferenceClient:
         for name in outputs:
             request.outputs.add(name=name)
         response = self.stub.ModelInfer(request, timeout=self.timeout)
+        self.last_id = response.id
         tensors = [codecs.decode_output(message, raw)
                    for message, raw in zip(response.outputs, response.raw_output_contents)]
         return {tensor.name: tensor.data for tensor in tensors}, response.model_version
@@ -140,13 +158,14 @@ class InferenceClient:
         outputs, _ = self.infer([tensor], model, version, outputs=(PROBABILITIES, LABEL))
         positive = parameters.get("positive_class")
         result = []
-        for source, label, row in zip(sources, outputs[LABEL], outputs[PROBABILITIES]):
+        for index, (source, label, row) in enumerate(zip(sources, outputs[LABEL], outputs[PROBABILITIES])):
             label = label.decode("utf-8")
             if positive is not None:
                 probability = float(row[positive])
             else:
                 probability = float(np.max(row))
-            result.append(Prediction(source, label, probability, [float(p) for p in row]))
+            result.append(Prediction(source, label, probability, [float(p) for p in row],
+                                     request_id=self.last_id or None, index=index))
         return result
 
     def _model_parameters(self, model: str, version: str) -> dict:
@@ -233,6 +252,21 @@ def cli_classify(args) -> int:
         print(f"histoedge classify: {failed} of {len(predictions)} images could not be classified",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def cli_feedback(args) -> int:
+    """``histoedge feedback``: report the true label of an earlier request's image."""
+    if args.index < 0:
+        raise HistoedgeError("--index must not be negative")
+    try:
+        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout) as client:
+            result = client.feedback(args.id, args.label, args.index)
+    except grpc.RpcError as error:
+        raise _rpc_failure(error, args.server) from None
+    print(f"{args.id}[{args.index}]: {result.model_name}/{result.model_version} predicted "
+          f"{result.predicted_label}, true {args.label} ({'correct' if result.correct else 'wrong'}); "
+          f"{result.labels} labelled outcomes in the window")
+    return 0
 
 
 def cli_health(args) -> int:

@@ -30,10 +30,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from histoedge import HistoedgeError
-from histoedge.serving._proto import inference_pb2, inference_pb2_grpc
+from histoedge.serving._proto import inference_pb2, inference_pb2_grpc, monitoring_pb2, monitoring_pb2_grpc
 from histoedge.serving.dataplane import DataPlane
 from histoedge.serving.metrics import ServerMetrics
 from histoedge.serving.monitoring.monitor import Monitoring
+from histoedge.serving.monitoring.service import SERVICE_NAME as MONITORING_SERVICE
+from histoedge.serving.monitoring.service import MonitoringServicer
 from histoedge.serving.repository import ModelRegistry, ModelRepository
 from histoedge.serving.rest import RestServer
 from histoedge.serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
@@ -50,7 +52,7 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
     # The OIP messages live in a private pool (see proto/generate.py), so reflection
     # gets its own pool holding every service this server offers.
     pool = descriptor_pool.DescriptorPool()
-    for module in (inference_pb2, health_pb2, reflection_pb2):
+    for module in (inference_pb2, monitoring_pb2, health_pb2, reflection_pb2):
         pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
     return pool
 
@@ -101,10 +103,13 @@ class InferenceServer:
             maximum_concurrent_rpcs=settings.workers + settings.max_queue_size)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane), self._grpc)
+        services = [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.monitoring is not None:
+            monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
+                MonitoringServicer(self.monitoring), self._grpc)
+            services.append(MONITORING_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc,
-            pool=_reflection_pool())
+        reflection.enable_server_reflection(services, self._grpc, pool=_reflection_pool())
         self._update_health()
         address = f"{settings.host}:{settings.port}"
         self.port = self._bind(address)

@@ -1,1 +1,1 @@
-"""Code generated from proto/inference.proto by `python proto/generate.py`."""
+"""Code generated from proto/*.proto by `python proto/generate.py`."""
