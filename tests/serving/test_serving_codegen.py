@@ -1,4 +1,4 @@
-"""The committed gRPC code matches proto/inference.proto, and matches the public wire format."""
+"""The committed gRPC code matches proto/*.proto, and matches the public wire format."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def test_generated_code_is_current(tmp_path):
     subprocess.run([sys.executable, str(REPO_ROOT / "proto" / "generate.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True, text=True)
     committed = Path(histoedge.serving.__file__).parent / "_proto"
-    for name in ("__init__.py", "inference_pb2.py", "inference_pb2_grpc.py"):
+    for name in ("__init__.py", "inference_pb2.py", "inference_pb2_grpc.py", "monitoring_pb2.py",
+                 "monitoring_pb2_grpc.py"):
         assert (tmp_path / name).read_text() == (committed / name).read_text(), (
             f"serving/_proto/{name} is stale: run `python proto/generate.py`")
 

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -67,13 +68,17 @@ def tiny_model_bytes(size: int = 16, members: int = 2, classes: int = 2, seed: i
 def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: int = 16,
                         members: int = 2, classes: Sequence[str] = ("benign", "malignant"),
                         seed: int | None = None, threshold: float | None = 0.5,
-                        model_bytes: bytes | None = None) -> Path:
+                        model_bytes: bytes | None = None, profile_images: np.ndarray | None = None,
+                        uncertainty_band: tuple[float, float] | None = None) -> Path:
     """Write ``repo/name/version`` atomically (temp folder, then rename) and return it.
 
     Args:
         seed: weight seed (default: the version, so versions differ).
         threshold: decision threshold for binary models (None: arg-max).
         model_bytes: use these bytes as model.onnx instead of a generated graph.
+        profile_images: reference images [N, size, size, 3]: write a profile.json built from
+            them (and the model's predictions on them), as the export does.
+        uncertainty_band: the manifest's band (None: none).
     """
     classes = tuple(classes)
     seed = version if seed is None else seed
@@ -84,11 +89,24 @@ def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: 
     staging.mkdir(parents=True)
     (staging / MODEL_FILE).write_bytes(data)
     binary = len(classes) == 2
+    profile = None
+    if profile_images is not None:
+        import onnxruntime as ort
+
+        from histoedge.serving.monitoring.features import image_features
+        from histoedge.serving.monitoring.profile import PROFILE_FILE, build_profile, file_reference
+
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        probabilities = session.run(["probabilities"], {"image": profile_images})[0]
+        built = build_profile(image_features(profile_images), probabilities, 1 if binary else None)
+        (staging / PROFILE_FILE).write_text(built.to_json())
+        profile = file_reference(staging / PROFILE_FILE)
     manifest = build_manifest(
         name=name, version=version, image_size=size, classes=classes,
         members=tuple(f"member{m}" for m in range(members)), sha256=sha256_file(staging / MODEL_FILE),
         threshold=threshold if binary else None, positive_class=1 if binary else None,
         source="tests.support.model_packages", extra={"opset": 17})
+    manifest = dataclasses.replace(manifest, profile=profile, uncertainty_band=uncertainty_band)
     (staging / MANIFEST_FILE).write_text(manifest.to_json())
     os.rename(staging, final)
     return final
