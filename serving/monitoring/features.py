@@ -14,8 +14,8 @@ Features (one column each, in :data:`FEATURES` order):
 * ``saturation``: mean HSV saturation ``(max - min) / max`` in 0..1;
 * ``focus``: variance of the 4-neighbour Laplacian of the grey image (0..255 levels);
   low means blurred;
-* ``tissue_fraction``: share of pixels whose optical density (summed over R, G, B) is at
-  least :data:`TISSUE_OD`; the rest is background (glass, white).
+* ``tissue_fraction``: share of pixels whose optical density (summed over R, G, B) is above
+  :data:`TISSUE_OD`; the rest is background (glass, white).
 
 Example::
 
@@ -65,10 +65,12 @@ def image_features(images: np.ndarray) -> np.ndarray:
 def _features(image: np.ndarray) -> tuple[float, ...]:
     # OpenCV per image: numpy reductions over the 3-channel axis cost several times more.
     od = cv2.LUT(image, _OD_LUT)                                   # float32 [H, W, 3]
-    tissue = (cv2.transform(od, _ONES) >= TISSUE_OD).astype(np.uint8)
-    share = float(tissue.mean())
-    mean_od = np.array(cv2.mean(od, mask=tissue if share > 0 else None)[:3])
-    stains = mean_od @ _HED_FROM_RGB                               # deconvolution is linear
+    _, tissue = cv2.threshold(cv2.transform(od, _ONES), TISSUE_OD, 1, cv2.THRESH_BINARY)
+    tissue = tissue.astype(np.uint8)
+    count = cv2.countNonZero(tissue)
+    share = count / tissue.size
+    mean_od = cv2.mean(od, mask=tissue if count else None)[:3]
+    stains = np.dot(mean_od, _HED_FROM_RGB)                        # deconvolution is linear
     saturation = cv2.mean(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))[1] / 255.0
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     _, deviation = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F, ksize=1))

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from histoedge.serving import images as image_codec
 from histoedge.serving.errors import InvalidInputError, ModelNotFoundError
 from histoedge.serving.monitoring import quality
-from histoedge.serving.monitoring.drift import CountWindow, TimeWindow, psi
+from histoedge.serving.monitoring.drift import RowWindow, psi
 from histoedge.serving.monitoring.feedback import MAX_ID_CHARS, Outcomes, Prediction, PredictionLog
 from histoedge.serving.monitoring.profile import REASONS, prediction_values
 from histoedge.serving.schema import Tensor, TensorMetadata
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 QUALITY = "quality"
 ABSTAIN = "abstain"
 WINDOWS = ("count", "time")
+TIME_WINDOW_MAX_IMAGES = 20_000  # the time window holds at most this many images (memory bound)
 
 
 def flag_parameter(parameters: dict, name: str, default: bool) -> bool:
@@ -69,11 +70,15 @@ class VersionMonitor:
         self.positive_class = manifest.positive_class if binary else None
         self.band = getattr(manifest, "uncertainty_band", None)
         profile = self.profile
-        self.streams = [] if profile is None else (
-            [(name, dist, "feature") for name, dist in profile.features.items() if name in quality.COLUMNS]
-            + [(name, dist, "prediction") for name, dist in profile.predictions.items()])
-        self.windows = {"count": CountWindow(len(self.streams), settings.drift_window_images),
-                        "time": TimeWindow(len(self.streams), settings.drift_window_seconds)}
+        features = [] if profile is None else [n for n in profile.features if n in quality.COLUMNS]
+        predictions = [] if profile is None else list(profile.predictions)
+        self.streams = ([(n, profile.features[n]) for n in features]
+                        + [(n, profile.predictions[n]) for n in predictions])
+        self._feature_columns = [quality.COLUMNS.index(n) for n in features]
+        self._predictions = predictions
+        self.window_images = settings.drift_window_images
+        self.window_seconds = settings.drift_window_seconds
+        self.rows = RowWindow(len(self.streams) + 2, max(settings.drift_window_images, TIME_WINDOW_MAX_IMAGES))
         self.images = 0
         self.failures: collections.Counter[str] = collections.Counter()
         self.abstentions: collections.Counter[str] = collections.Counter()
@@ -82,32 +87,31 @@ class VersionMonitor:
 
     def observe(self, assessment: quality.Assessment, probabilities: np.ndarray, predicted: np.ndarray,
                 in_band: np.ndarray, abstained: list[str | None]) -> None:
-        n = len(predicted)
-        bins = np.zeros((n, len(self.streams)), dtype=np.int64)
-        predictions = prediction_values(probabilities, self.positive_class)
-        for j, (name, dist, kind) in enumerate(self.streams):
-            values = assessment.column(name) if kind == "feature" else predictions.get(name)
-            if values is not None:
-                bins[:, j] = dist.bins(values)
-        positive = (predicted == self.positive_class) if self.positive_class is not None else np.zeros(n, bool)
+        """Record a request's images: one row each in the window, failures and abstentions tallied."""
+        values = prediction_values(probabilities, self.positive_class) if self._predictions else {}
+        positive = predicted == self.positive_class if self.positive_class is not None else np.zeros(len(predicted))
+        self.rows.add(np.column_stack([assessment.values[:, self._feature_columns],
+                                       *(values[name] for name in self._predictions), positive, in_band]))
         with self._lock:
-            self.images += n
-            for failed in assessment.failed:
-                self.failures.update(failed)
-            self.abstentions.update(reason for reason in abstained if reason)
-            for window in self.windows.values():
-                window.add(bins, positive, in_band)
+            self.images += len(predicted)
+            if assessment.any_failed:
+                for failed in assessment.failed:
+                    self.failures.update(failed)
+            for reason in abstained:
+                if reason:
+                    self.abstentions[reason] += 1
 
     def snapshot(self) -> dict:
-        """Everything the collector exports, read under the lock."""
+        """Everything the collector exports; the windows are binned here, at scrape time."""
+        windows = {}
+        for name, rows in (("count", self.rows.last(self.window_images)),
+                           ("time", self.rows.since(self.window_seconds))):
+            windows[name] = {
+                "images": len(rows), "positive": float(rows[:, -2].sum()), "uncertain": float(rows[:, -1].sum()),
+                "psi": {stream: psi(np.bincount(dist.bins(rows[:, j]), minlength=len(dist.fractions)),
+                                    dist.fractions)
+                        for j, (stream, dist) in enumerate(self.streams)} if len(rows) else {}}
         with self._lock:
-            windows = {}
-            for name, window in self.windows.items():
-                totals = window.snapshot()
-                windows[name] = {
-                    "images": totals.images, "positive": totals.positive, "uncertain": totals.uncertain,
-                    "psi": {stream: psi(totals.counts[j, :len(dist.fractions)], dist.fractions)
-                            for j, (stream, dist, _) in enumerate(self.streams)} if totals.images else {}}
             return {"images": self.images, "failures": dict(self.failures),
                     "abstentions": dict(self.abstentions), "windows": windows,
                     "outcomes": self.outcomes.rates()}

@@ -20,6 +20,7 @@ from histoedge.serving.monitoring.profile import STAIN_FEATURES, ReferenceProfil
 INDETERMINATE = "indeterminate"
 COLUMNS = FEATURES + ("stain_distance", "aspect_ratio")
 _STAIN_COLUMNS = [FEATURES.index(name) for name in STAIN_FEATURES]
+_STAIN_DISTANCE, _ASPECT = COLUMNS.index("stain_distance"), COLUMNS.index("aspect_ratio")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Assessment:
 
     values: np.ndarray
     failed: list[tuple[str, ...]]
+    any_failed: bool = False
 
     def column(self, name: str) -> np.ndarray:
         return self.values[:, COLUMNS.index(name)]
@@ -41,23 +43,35 @@ def assess(images: np.ndarray, profile: ReferenceProfile | None,
     values = np.full((n, len(COLUMNS)), np.nan)
     values[:, :len(FEATURES)] = features
     if aspect_ratios is not None:
-        values[:, COLUMNS.index("aspect_ratio")] = aspect_ratios
+        values[:, _ASPECT] = aspect_ratios
     if profile is None:
         return Assessment(values, [()] * n)
-    values[:, COLUMNS.index("stain_distance")] = profile.stain.distance(features[:, _STAIN_COLUMNS])
-    failing = np.zeros((n, len(profile.checks)), dtype=bool)
-    for j, check in enumerate(profile.checks):
-        if check.feature not in COLUMNS:
-            continue
-        column = values[:, COLUMNS.index(check.feature)]
-        with np.errstate(invalid="ignore"):  # NaN (unknown) never fails
-            if check.low is not None:
-                failing[:, j] |= column < check.low
-            if check.high is not None:
-                failing[:, j] |= column > check.high
-    reasons = [check.reason for check in profile.checks]
+    values[:, _STAIN_DISTANCE] = profile.stain.distance(features[:, _STAIN_COLUMNS])
+    columns, low, high, reasons = _limits(profile)
+    checked = values[:, columns]
+    failing = (checked < low) | (checked > high)  # NaN (unknown) compares False: never fails
+    if not failing.any():
+        return Assessment(values, [()] * n)
     failed = [tuple(dict.fromkeys(r for r, bad in zip(reasons, row) if bad)) for row in failing]
-    return Assessment(values, failed)
+    return Assessment(values, failed, any_failed=True)
+
+
+_LIMITS: dict[int, tuple] = {}
+
+
+def _limits(profile: ReferenceProfile):
+    """The profile's checks as arrays (column index, lower and upper limit, reason), built once."""
+    cached = _LIMITS.get(id(profile))
+    if cached is None or cached[0] is not profile:
+        if len(_LIMITS) > 64:
+            _LIMITS.clear()
+        checks = [c for c in profile.checks if c.feature in COLUMNS]
+        cached = _LIMITS[id(profile)] = (profile, (
+            np.array([COLUMNS.index(c.feature) for c in checks], dtype=np.intp),
+            np.array([-np.inf if c.low is None else c.low for c in checks]),
+            np.array([np.inf if c.high is None else c.high for c in checks]),
+            tuple(c.reason for c in checks)))
+    return cached[1]
 
 
 def uncertain(probabilities: np.ndarray, band: tuple[float, float] | None,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import recall_score
 
-from histoedge.serving.monitoring.drift import TIME_SLOTS, CountWindow, TimeWindow, psi
+from histoedge.serving.monitoring.drift import RowWindow, psi
 from histoedge.serving.monitoring.features import FEATURES, image_features
 from histoedge.serving.monitoring.feedback import Outcomes, Prediction, PredictionLog
 from histoedge.serving.monitoring.profile import (PROFILE_FILE, ProfileError, ReferenceProfile, build_profile,
@@ -92,21 +92,17 @@ def test_psi_is_small_for_the_reference_and_large_for_a_shift():
     assert psi(shifted, reference) > 1.0
 
 
-def test_count_window_keeps_the_last_n_and_time_window_expires():
-    window = CountWindow(streams=1, size=5)
-    for value in range(8):
-        window.add(np.array([[value % 10]]), np.array([value >= 6]), np.array([False]))
-    totals = window.snapshot()
-    assert totals.images == 5 and list(np.nonzero(totals.counts[0])[0]) == [3, 4, 5, 6, 7]
-    assert totals.positive == 2
+def test_row_window_gives_the_last_n_and_the_last_seconds():
     now = [1000.0]
-    timed = TimeWindow(streams=1, seconds=60, clock=lambda: now[0])
-    timed.add(np.array([[1], [2]]), np.array([True, False]), np.array([True, True]))
-    now[0] += 30
-    timed.add(np.array([[3]]), np.array([False]), np.array([False]))
-    assert timed.snapshot().images == 3 and timed.snapshot().uncertain == 2
-    now[0] += 60 - 60 / TIME_SLOTS + 1  # the first two images are older than the window
-    assert timed.snapshot().images == 1 and timed.snapshot().positive == 0
+    window = RowWindow(columns=2, capacity=6, clock=lambda: now[0])
+    for value in range(8):  # wraps around the ring buffer
+        window.add(np.array([[value, -value]], dtype=float))
+        now[0] += 10
+    assert window.last(3)[:, 0].tolist() == [5, 6, 7]
+    assert window.last(100)[:, 0].tolist() == [2, 3, 4, 5, 6, 7]  # capacity bounds everything
+    assert sorted(window.since(25)[:, 0].tolist()) == [6, 7]
+    window.add(np.arange(20, dtype=float).reshape(10, 2))  # more rows than capacity at once
+    assert window.last(6)[:, 0].tolist() == [8, 10, 12, 14, 16, 18]
 
 
 def test_outcomes_match_scikit_learn_and_stay_bounded():
