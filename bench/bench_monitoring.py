@@ -9,7 +9,9 @@ Two measurements, side by side in one run, on the seed-sized ensemble (four seed
   (target: below 5% of inference);
 * closed-loop gRPC throughput of ``histoedge serve`` with monitoring on against
   ``--no-monitoring``, alternating the two servers in rounds (PNG and UINT8 tensor input;
-  target: at least 0.95).
+  target: at least 0.95), both as requests per second and as server CPU seconds per
+  request (off / on: the throughput ratio of a CPU-bound server, robust to other load on
+  the machine, which wall-clock throughput is not).
 
 Run::
 
@@ -26,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from bench.artifacts import encode_png, ensure_repo, ensure_run, onnx_path, synthetic_images
-from bench.common import check, checks_table, core_split, machine_info, md_table, pin_self, serve, write_results
+from bench.common import (check, checks_table, core_split, cpu_seconds, machine_info, md_table, pin_self, serve,
+                          write_results)
 from bench.loadgen import Target, oip_png_request, oip_tensor_request, run_load
 
 FULL = {"size": 224, "members": 4, "precision": "int8", "concurrency": 8, "seconds": 10.0, "rounds": 3,
@@ -74,20 +77,24 @@ def throughput(repo, name: str, cfg, cores, client_cores) -> dict[str, dict[str,
         "png": [oip_png_request(name, [encode_png(image)]) for image in images],
         "tensor": [oip_tensor_request(name, image[None]) for image in images],
     }
-    results: dict[str, dict[str, list[float]]] = {kind: {"on": [], "off": []} for kind in payloads}
+    results: dict[str, dict[str, list[float]]] = {
+        kind: {"on": [], "off": [], "on_cpu_ms": [], "off_cpu_ms": []} for kind in payloads}
     with serve(repo, cores=cores, log_name="monitoring-on") as on, \
             serve(repo, cores=cores, extra_args=["--no-monitoring"], log_name="monitoring-off") as off:
         for round_ in range(cfg["rounds"]):
             order = (("off", off), ("on", on)) if round_ % 2 == 0 else (("on", on), ("off", off))
             for kind, data in payloads.items():
                 for mode, server in order:
+                    cpu_before = cpu_seconds(server["pid"])
                     result = run_load(Target.grpc(server["address"], data), cfg["concurrency"],
                                       max_requests=10 ** 6, max_seconds=cfg["seconds"], cores=client_cores)
                     if result.errors:
                         raise RuntimeError(f"{mode}/{kind}: {result.errors} errors: {result.error_samples[:2]}")
+                    cpu_ms = (cpu_seconds(server["pid"]) - cpu_before) * 1000 / max(1, result.requests)
                     results[kind][mode].append(result.throughput)
-                    print(f"  round {round_ + 1} {kind:6s} monitoring {mode:3s}: {result.throughput:.1f} req/s",
-                          flush=True)
+                    results[kind][mode + "_cpu_ms"].append(cpu_ms)
+                    print(f"  round {round_ + 1} {kind:6s} monitoring {mode:3s}: {result.throughput:.1f} req/s, "
+                          f"server CPU {cpu_ms:.2f} ms/request", flush=True)
     return results
 
 
@@ -107,20 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin_self(",".join(filter(None, (cores, client_cores))) or None)
     rates = throughput(repo, name, cfg, cores, client_cores)
     ratios = {kind: float(np.mean(v["on"]) / np.mean(v["off"])) for kind, v in rates.items()}
+    cpu_ratios = {kind: float(np.mean(v["off_cpu_ms"]) / np.mean(v["on_cpu_ms"])) for kind, v in rates.items()}
     checks = [
         check(f"monitoring CPU / inference CPU per {cfg['size']}-px image",
               cpu["monitoring_ms"] / cpu["inference_ms"], "<", 0.05),
         check(f"throughput monitoring on / off, PNG input, c={cfg['concurrency']}", ratios["png"], ">=", 0.95),
         check(f"throughput monitoring on / off, UINT8 input, c={cfg['concurrency']}", ratios["tensor"], ">=", 0.95),
+        check("CPU-time throughput monitoring on / off (server CPU per request off / on), PNG input",
+              cpu_ratios["png"], ">=", 0.95),
+        check("CPU-time throughput monitoring on / off (server CPU per request off / on), UINT8 input",
+              cpu_ratios["tensor"], ">=", 0.95),
     ]
-    rows = [[kind, mode, len(v[mode]), float(np.mean(v[mode]))] for kind, v in rates.items() for mode in ("off", "on")]
+    rows = [[kind, mode, len(v[mode]), float(np.mean(v[mode])), float(np.mean(v[mode + "_cpu_ms"]))]
+            for kind, v in rates.items() for mode in ("off", "on")]
     body = (checks_table(checks) + "\n\n"
-            + md_table(["input", "monitoring", "rounds", "req/s (mean)"], rows) + "\n\n"
+            + md_table(["input", "monitoring", "rounds", "req/s (mean)", "server CPU ms/request"], rows) + "\n\n"
             + f"CPU per image (median of interleaved runs, one thread, batch {BATCH}): inference "
               f"{cpu['inference_ms']:.3f} ms, features + quality checks {cpu['monitoring_ms']:.3f} ms.\n"
               f"Servers pinned to core {cores}, load generator on {client_cores}; one image per request.\n")
     write_results("monitoring", {"machine": machine_info(), "config": cfg, "cpu": cpu, "throughput": rates,
-                                 "ratios": ratios, "checks": checks},
+                                 "ratios": ratios, "cpu_ratios": cpu_ratios, "checks": checks},
                   "Monitoring: input quality, drift and feedback on vs off", body, quick=args.quick)
     return 0
 

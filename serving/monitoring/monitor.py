@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from histoedge.export.manifest import IMAGE_BYTES, LABEL, PROBABILITIES
 from histoedge.serving import images as image_codec
 from histoedge.serving.errors import InvalidInputError, ModelNotFoundError
 from histoedge.serving.monitoring import quality
@@ -143,7 +144,7 @@ class Watch:
         """Features and checks of the decoded ``rows`` (call while the batch runs)."""
         self.model = model
         ratios = None
-        if inputs and inputs[0].name == "image_bytes":
+        if inputs and inputs[0].name == IMAGE_BYTES:
             ratios = np.empty(len(rows))
             for index, data in enumerate(inputs[0].data.reshape(-1)):
                 _, width, height = image_codec.image_dimensions(bytes(data))  # decoded: valid
@@ -154,7 +155,7 @@ class Watch:
         """Record the answer; return the output tensors with abstention and ``quality`` applied."""
         model, assessment = self.model, self.assessment
         monitor = self.monitoring.monitor(model)
-        probabilities = np.asarray(outputs["probabilities"])
+        probabilities = np.asarray(outputs[PROBABILITIES])
         predicted = model.predicted_classes(probabilities)
         in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
         reasons = quality.abstentions(assessment, in_band) if self.abstain else [None] * len(predicted)
@@ -163,7 +164,7 @@ class Watch:
             self.request_id, [Prediction(model.name, model.version, int(p)) for p in predicted])
         result = []
         for tensor in tensors:
-            if tensor.name == "label" and self.abstain:
+            if tensor.name == LABEL and self.abstain:
                 labels = tensor.data.copy()
                 for index, reason in enumerate(reasons):
                     if reason:
