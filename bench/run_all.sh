@@ -28,6 +28,7 @@ run() {
 }
 
 run bench.bench_serving
+run bench.bench_monitoring
 if [ -f bench/bench_quantization.py ]; then
     if [ -z "$QUICK" ]; then
         # Its defaults (batch 64, 5 rounds) take 10-15 minutes alone; these keep the total

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from bench.common import RESULTS_DIR
 
-SECTIONS = ("serving", "quantization", "pipeline", "scaling", "rest")
+SECTIONS = ("serving", "rest", "monitoring", "quantization", "pipeline", "scaling")
 
 
 def nest_headings(text: str, top: int = 3) -> str:
