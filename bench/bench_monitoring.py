@@ -43,7 +43,7 @@ def cpu_per_image(repo, name: str, size: int, repeats: int) -> dict[str, float]:
     """CPU milliseconds per image: inference (1 thread) and monitoring features + checks."""
     import onnxruntime as ort
 
-    from histoedge.export.manifest import Manifest
+    from histoedge.export.manifest import IMAGE, Manifest
     from histoedge.serving.monitoring.profile import load_profile
     from histoedge.serving.monitoring.quality import assess
 
@@ -65,7 +65,7 @@ def cpu_per_image(repo, name: str, size: int, repeats: int) -> dict[str, float]:
 
     inference, monitoring = [], []
     for _ in range(3):  # interleaved, so a busy moment hits both
-        inference.append(cpu_ms(lambda: session.run(None, {"image": images})))
+        inference.append(cpu_ms(lambda: session.run(None, {IMAGE: images})))
         monitoring.append(cpu_ms(lambda: assess(images, profile)))
     return {"inference_ms": float(np.median(inference)), "monitoring_ms": float(np.median(monitoring)),
             "profile": profile is not None}
