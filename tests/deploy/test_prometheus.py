@@ -56,8 +56,8 @@ def busy_server(tmp_path):
     """A server with a profiled model that has answered, abstained and received feedback."""
     images = sample_images(64, seed=2)
     write_model_version(tmp_path / "models", "tiny", 1, profile_images=images, uncertainty_band=(0.4, 0.6))
-    settings = ServerSettings(repo=tmp_path / "models", host="127.0.0.1", port=0, metrics_port=free_port(),
-                              poll_seconds=0, threads=1)
+    settings = ServerSettings(repo=tmp_path / "models", host="127.0.0.1", port=0, http_port=0,
+                              metrics_port=free_port(), poll_seconds=0, threads=1)
     server = InferenceServer(settings, CollectorRegistry()).start()
     try:
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
