@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--force", action="store_true",
                      help="int8: export even if the ROC-AUC drop exceeds --max-auc-drop")
     how.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at most 18)")
+    how.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
+                     help="microns per pixel of the training images, recorded in the manifest so "
+                          "that slide tiles cover the same field of view (default: what the "
+                          "dataset declares in histoedge-dataset.json, else unknown)")
     keras = export.add_argument_group("--keras only")
     keras.add_argument("--classes", help="comma-separated class names in output order, "
                                          "e.g. benign,malignant")

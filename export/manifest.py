@@ -30,6 +30,9 @@ from histoedge.export.errors import ManifestError
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 SCHEMA_VERSION = 1
+# Written beside a dataset (``histoedge data synth`` does) to declare its images' field of
+# view: ``{"microns_per_pixel": 2.0, "image_size": [64, 64]}``; export copies it into the manifest.
+DATASET_INFO_FILE = "histoedge-dataset.json"
 
 # Tensor names.  The graph takes IMAGE and gives PROBABILITIES and MEMBER_PROBABILITIES;
 # the server also accepts IMAGE_BYTES (encoded images it decodes and resizes to IMAGE)
@@ -92,6 +95,43 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class FieldOfView:
+    """Physical size of the training images: what a slide tile must cover.
+
+    Args:
+        microns_per_pixel: pixel size of the training images as stored (before any resize).
+        image_size: (height, width) of the training images as stored, in pixels.
+
+    Example::
+
+        FieldOfView(0.5, (512, 512)).microns   # (256.0, 256.0): tiles of 256 x 256 um
+    """
+
+    microns_per_pixel: float
+    image_size: tuple[int, int]
+
+    def __post_init__(self):
+        if not self.microns_per_pixel > 0 or min(self.image_size) < 1 or len(self.image_size) != 2:
+            raise ManifestError(f"invalid field of view: {self.microns_per_pixel} um/px, "
+                                f"{self.image_size} px")
+
+    @property
+    def microns(self) -> tuple[float, float]:
+        """(height, width) of one training image in microns."""
+        return (self.image_size[0] * self.microns_per_pixel, self.image_size[1] * self.microns_per_pixel)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"microns_per_pixel": self.microns_per_pixel, "image_size": list(self.image_size)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "FieldOfView | None":
+        if data is None:
+            return None
+        height, width = (int(v) for v in data["image_size"])
+        return cls(float(data["microns_per_pixel"]), (height, width))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a server needs to know about one exported model version.
 
@@ -118,6 +158,8 @@ class Manifest:
             "sha256": ...}`` (checked like the model), or None (no quality checks or drift).
         uncertainty_band: ``[low, high]``: binary models abstain when P(positive) is inside it,
             others when the top probability is; None: never for uncertainty.
+        field_of_view: microns per pixel and size of the training images, when known;
+            slide tiling uses it to cut tiles of the same physical size (None: unknown).
     """
 
     name: str
@@ -138,6 +180,7 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, str] | None = None
     uncertainty_band: tuple[float, float] | None = None
+    field_of_view: FieldOfView | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -157,6 +200,7 @@ class Manifest:
         data["outputs"] = [spec.to_dict() for spec in self.outputs]
         data["classes"] = list(self.classes)
         data["members"] = list(self.members)
+        data["field_of_view"] = None if self.field_of_view is None else self.field_of_view.to_dict()
         data["schema_version"] = SCHEMA_VERSION
         return data
 
@@ -183,6 +227,7 @@ class Manifest:
                 profile=None if data.get("profile") is None else {
                     str(k): str(v) for k, v in dict(data["profile"]).items()},
                 uncertainty_band=None if data.get("uncertainty_band") is None else _band(data["uncertainty_band"]),
+                field_of_view=FieldOfView.from_dict(data.get("field_of_view")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ManifestError(f"malformed manifest: {error!r}") from error
@@ -230,7 +275,8 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
                    members: Sequence[str], sha256: str, precision: str = "fp32",
                    threshold: float | None = None, positive_class: int | None = None,
                    metrics: dict[str, Any] | None = None, source: str = "",
-                   extra: dict[str, Any] | None = None) -> Manifest:
+                   extra: dict[str, Any] | None = None,
+                   field_of_view: FieldOfView | None = None) -> Manifest:
     """The manifest of an ensemble graph that follows the contract (square RGB input).
 
     Args:
@@ -239,6 +285,7 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
             ``member_probabilities``.
         sha256: digest of ``model.onnx`` (:func:`sha256_file`).
         threshold, positive_class: binary decision rule, or None for arg-max.
+        field_of_view: the training images' pixel size and size, when known.
 
     Example::
 
@@ -258,4 +305,5 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
         preprocessing={"color": "RGB", "resize": [image_size, image_size], "interpolation": "area",
                        "scaling": "in-graph"},
         precision=precision, members=members, sha256=sha256, metrics=dict(metrics or {}),
-        source=source, toolkit_version=histoedge.__version__, extra=dict(extra or {}))
+        source=source, toolkit_version=histoedge.__version__, extra=dict(extra or {}),
+        field_of_view=field_of_view)

@@ -27,7 +27,8 @@ from histoedge.export import data
 from histoedge.export.convert import DEFAULT_OPSET, KerasMember, convert_member, has_rescaling, load_keras_model
 from histoedge.export.ensemble_spec import ENSEMBLE_FILE, EnsembleSpec
 from histoedge.export.graph import build_ensemble_model, set_metadata
-from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, Manifest, build_manifest, sha256_file
+from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, FieldOfView, Manifest, build_manifest, sha256_file
+from histoedge.export.fov import field_of_view, run_field_of_view
 from histoedge.export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
 from histoedge.export.repository import ExportError, VersionWriter
 from histoedge.export.verify import make_session, measure_latency, predict
@@ -56,6 +57,8 @@ class ExportOptions:
         profile_images: at most this many training images go into the reference profile
             (plus every validation image).
         uncertain_fraction: share of validation images inside the uncertainty band.
+        mpp: microns per pixel of the training images (``--mpp``); None: what the
+            dataset declares in ``histoedge-dataset.json``, if anything.
     """
 
     precision: str = "fp32"
@@ -69,6 +72,7 @@ class ExportOptions:
     latency_threads: int = 2
     profile_images: int = 1000
     uncertain_fraction: float = 0.1
+    mpp: float | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -93,6 +97,7 @@ class ExportSource:
     # callable(limit) -> (images for features, labelled validation images or None,
     # width/height of the original files or None); None: no reference profile
     reference: Any = None
+    field_of_view: FieldOfView | None = None
 
 
 def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
@@ -123,7 +128,8 @@ def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
         description=str(run_dir.resolve()), source_hashes=hashes,
         test_images=test_images, test_labels=test_labels, parity_images=parity,
         calibration=lambda limit: data.split_images(splits, "train", size, classes, limit=limit)[0],
-        reference=lambda limit: _run_reference(splits, size, classes, limit))
+        reference=lambda limit: _run_reference(splits, size, classes, limit),
+        field_of_view=run_field_of_view(run_dir, options.mpp, size))
     return _export(source, writer, options)
 
 
@@ -195,7 +201,9 @@ def export_keras(model_path: Path, classes: tuple[str, ...], repo: Path, name: s
         notes={"input_scale": scale, "rescaling_layer_detected": rescales,
                "sigmoid_output_expanded": sigmoid},
         reference=None if calibration_source is None else lambda limit: _folder_reference(
-            Path(calibration_source), height, limit, test_images))
+            Path(calibration_source), height, limit, test_images),
+        field_of_view=field_of_view(options.mpp, data_dir, data.image_paths(data_dir)[:5] if data_dir else [],
+                                    height))
     return _export(source, writer, options)
 
 
@@ -318,7 +326,7 @@ def _manifest(source: ExportSource, writer: VersionWriter, options: ExportOption
         name=writer.model_dir.name, version=writer.version, image_size=spec.image_size,
         classes=spec.classes, members=spec.members, sha256=sha256, precision=options.precision,
         threshold=spec.threshold, positive_class=spec.positive_class, metrics=metrics,
-        source=source.description, extra=extra)
+        source=source.description, extra=extra, field_of_view=source.field_of_view)
 
 
 def _member_name(path: Path) -> str:
@@ -333,7 +341,8 @@ def cli_export(args) -> int:
     if not args.repo or not args.name:
         raise ExportError("--repo and --name are required")
     options = ExportOptions(precision=args.precision, calibration_images=args.calibration_images,
-                            force=args.force, max_auc_drop=args.max_auc_drop, opset=args.opset)
+                            force=args.force, max_auc_drop=args.max_auc_drop, opset=args.opset,
+                            mpp=getattr(args, "mpp", None))
     if args.run:
         manifest = export_run(Path(args.run), Path(args.repo), args.name, args.version, options)
     else:
@@ -345,6 +354,10 @@ def cli_export(args) -> int:
                                 input_scale=args.input_scale, options=options)
     print(f"exported {Path(args.repo) / manifest.name / str(manifest.version)} "
           f"({manifest.precision}, {len(manifest.members)} member(s), classes {','.join(manifest.classes)})")
+    fov = manifest.field_of_view
+    print("  field of view: " + ("unknown (give --mpp to tile slides at the training resolution)"
+                                 if fov is None else f"{fov.microns[1]:g} x {fov.microns[0]:g} um "
+                                 f"({fov.image_size[1]}x{fov.image_size[0]} px at {fov.microns_per_pixel:g} um/px)"))
     for precision, values in manifest.metrics.items():
         if isinstance(values, dict) and values:
             print(f"  test {precision}: " + ", ".join(

@@ -1,4 +1,4 @@
-"""Serving-stage subcommands: ``serve``, ``classify`` and ``health`` (argparse only at import time)."""
+"""Serving-stage subcommands: ``serve``, ``classify``, ``health`` and ``slide`` (argparse only at import time)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=None, metavar=option.metadata.get("metavar"), help=text)
 
 
-def _add_tls_client_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="server address")
+def _add_tls_client_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--server", required=required, metavar="HOST:PORT", help="server address")
     parser.add_argument("--tls-ca", help="CA certificate (PEM) to verify the server; enables TLS")
     parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
     parser.add_argument("--tls-key", help="client private key (PEM) for mutual TLS")
@@ -71,3 +71,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(timeout=5.0)
     check.add_argument("--service", default="", help="health service name (default: whole server)")
     check.set_defaults(handler="histoedge.serving.client:cli_health")
+    _register_slide(subparsers)
+
+
+def _register_slide(subparsers: argparse._SubParsersAction) -> None:
+    slide = subparsers.add_parser("slide", help="whole-slide images: describe them, predict them")
+    slide_sub = slide.add_subparsers(dest="slide_command", metavar="SLIDE_COMMAND", required=True)
+    info = slide_sub.add_parser(
+        "info", help="vendor, pyramid levels, pixel size, objective power and associated images",
+        description="Describe slides (every format OpenSlide reads). One line per problem; "
+                    "exit 1 if any slide cannot be read.")
+    info.add_argument("slides", nargs="+", metavar="SLIDE")
+    info.add_argument("--json", action="store_true", help="one JSON object per slide")
+    info.set_defaults(handler="histoedge.serving.slides.reader:cli_info")
+
+    predict = slide_sub.add_parser(
+        "predict", help="classify the tissue of whole slides; heatmap, GeoJSON, CSV and summary",
+        description="Find tissue, cut it into tiles of the model's training field of view, classify "
+                    "them in process (--model) or on a running server (--server), and write "
+                    "DIR/<slide>/tiles.csv, heatmap.png, annotations.geojson and summary.json. "
+                    "A slide that fails is reported and the others are still predicted.")
+    predict.add_argument("slides", nargs="+", metavar="SLIDE")
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--model", metavar="MODELS/NAME[/VERSION]",
+                         help="run this model package in process with onnxruntime")
+    _add_tls_client_flags(predict, required=False)
+    predict.add_argument("--model-name", default=None, metavar="NAME",
+                         help="--server: model name (default: the server's only model)")
+    predict.add_argument("--transport", choices=("stream", "unary"), default="stream",
+                         help="--server: one ModelStreamInfer stream (default) or concurrent "
+                              "ModelInfer calls")
+    predict.add_argument("--mpp", type=float, default=None, metavar="MICRONS",
+                         help="level-0 microns per pixel of the slides (default: from their metadata)")
+    predict.add_argument("--force", action="store_true",
+                         help="predict even if the slide's resolution is more than 1.25x coarser than "
+                              "the model's, or the model records no field of view")
+    predict.add_argument("--batch-size", type=int, default=32, help="tiles per request (default 32)")
+    predict.add_argument("--concurrency", type=int, default=None,
+                         help="batches in flight (default 4 with --server, 1 with --model)")
+    predict.add_argument("--threads", type=int, default=None,
+                         help="--model: onnxruntime threads (default min(4, CPUs))")
+    predict.add_argument("--min-tissue", type=float, default=0.5, metavar="FRACTION",
+                         help="skip tiles with less tissue than this (default 0.5)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(handler="histoedge.serving.slides.predict:cli_predict")

@@ -67,3 +67,8 @@ class ServerClosingError(ServingError):
     """The server is shutting down and takes no new work."""
 
     outcome = "closing"
+
+
+class SlideError(HistoedgeError):
+    """A whole-slide image cannot be read or tiled (not a slide, truncated, no pixel size,
+    a resolution the model cannot use, no tissue).  Raised by the slide client, not the server."""

@@ -286,6 +286,9 @@ class ModelVersion:
         if manifest.uncertainty_band is not None:
             parameters["uncertainty_band"] = ",".join(f"{v:.6g}" for v in manifest.uncertainty_band)
         parameters["reference_profile"] = self.profile is not None
+        if manifest.field_of_view is not None:  # slide clients tile at the training field of view
+            parameters["microns_per_pixel"] = float(manifest.field_of_view.microns_per_pixel)
+            parameters["training_image_size"] = "{}x{}".format(*manifest.field_of_view.image_size)
         return ModelMetadata(
             name=self.name, versions=versions, platform="onnxruntime_onnx",
             inputs=(TensorMetadata(IMAGE, "UINT8", (-1, height, width, 3)),

@@ -1,12 +1,17 @@
 """gRPC servicer of ``inference.GRPCInferenceService``: protobuf <-> internal types, nothing more.
 
-Errors become gRPC status codes in one place, :data:`STATUS_CODES`.
+Errors become gRPC status codes in one place, :data:`STATUS_CODES`.  On a
+``ModelStreamInfer`` stream an error answers only its own request (``error_message``,
+as Triton does) and the stream goes on.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
+import queue
+import threading
 import time
 
 import grpc
@@ -23,6 +28,10 @@ from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelM
 log = logging.getLogger(__name__)
 
 _NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
+# Requests of one stream answered at the same time: enough to fill the batcher from one
+# client, few enough that a stream cannot hold every handler thread.
+STREAM_WINDOW = 8
+_END = object()
 
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -87,6 +96,72 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         internal = request_from_pb(request, context.time_remaining())
         context.add_callback(internal.cancel.cancel)
         return response_to_pb(self.dataplane.infer(internal))
+
+    def ModelStreamInfer(self, request_iterator, context):
+        """Answer each request of the stream as it completes (at most STREAM_WINDOW at a time)."""
+        answers: queue.Queue = queue.Queue()
+        window = threading.BoundedSemaphore(STREAM_WINDOW)
+        tokens: set = set()
+        lock = threading.Lock()
+        pool = concurrent.futures.ThreadPoolExecutor(STREAM_WINDOW, thread_name_prefix="stream")
+
+        def cancel_all() -> None:
+            with lock:
+                pending = list(tokens)
+            for token in pending:
+                token.cancel()
+
+        def answer(message) -> None:
+            try:
+                internal = request_from_pb(message, context.time_remaining())
+                with lock:
+                    tokens.add(internal.cancel)
+                try:
+                    reply = pb.ModelStreamInferResponse(
+                        infer_response=response_to_pb(self.dataplane.infer(internal)))
+                finally:
+                    with lock:
+                        tokens.discard(internal.cancel)
+            except Exception as error:  # noqa: BLE001 - one bad request must not end the stream
+                reply = stream_error(message, error)
+            answers.put(reply)
+            window.release()
+
+        def read() -> None:
+            futures = []
+            try:
+                for message in request_iterator:
+                    window.acquire()
+                    futures.append(pool.submit(answer, message))
+            except Exception as error:  # noqa: BLE001 - the client went away or broke the stream
+                log.info("ModelStreamInfer: stream ended: %s", type(error).__name__)
+            concurrent.futures.wait(futures)
+            answers.put(_END)
+
+        context.add_callback(cancel_all)
+        reader = threading.Thread(target=read, name="stream-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                reply = answers.get()
+                if reply is _END:
+                    return
+                yield reply
+        finally:
+            cancel_all()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def stream_error(message: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
+    """A stream answer that reports ``error`` for the request ``message`` (id, model, version kept)."""
+    if isinstance(error, ServingError):
+        text = f"{status_code(error).name}: {error}"
+        log.warning("ModelStreamInfer: %s", text)
+    else:
+        text = f"INTERNAL: internal error: {type(error).__name__}: {error}"
+        log.error("ModelStreamInfer: %s", text)
+    return pb.ModelStreamInferResponse(error_message=text, infer_response=pb.ModelInferResponse(
+        id=message.id, model_name=message.model_name, model_version=message.model_version))
 
 
 def request_from_pb(message: pb.ModelInferRequest, time_remaining: float | None) -> InferenceRequest:

@@ -1,4 +1,4 @@
-"""Training-stage subcommands: ``data synth``, ``train`` and ``report``.
+"""Training-stage subcommands: ``data synth``, ``data synth-slide``, ``train`` and ``report``.
 
 At import time only argparse and the configuration's flag table (no TensorFlow).
 """
@@ -26,6 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="fraction of malignant patients' images (default 0.69, as BreakHis)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.set_defaults(handler="histoedge.training.data.synth:cli_main")
+
+    slide = data_sub.add_parser(
+        "synth-slide", help="write a synthetic whole-slide image (pyramidal tiled TIFF) with its "
+                            "ground-truth mask",
+        description="Write a pyramidal tiled TIFF that OpenSlide opens: benign and malignant tissue "
+                    "from the synthetic renderer on glass, a pen mark and a black scanner border. "
+                    "SLIDE.mask.png (labels 0 glass, 1 benign, 2 malignant, 3 pen, 4 border, one "
+                    "pixel per 16) and SLIDE.mask.json go beside it.")
+    slide.add_argument("--out", required=True, help="slide file to write, e.g. slide.tiff")
+    slide.add_argument("--width", type=int, default=8192, help="level-0 width in pixels (default 8192)")
+    slide.add_argument("--height", type=int, default=6144, help="level-0 height in pixels (default 6144)")
+    slide.add_argument("--mpp", type=float, default=0.5,
+                       help="level-0 microns per pixel written into the TIFF (default 0.5, a 20x scan)")
+    slide.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    slide.set_defaults(handler="histoedge.training.data.synth_slide:cli_synth_slide")
 
     train = subparsers.add_parser(
         "train", help="train one regularised CNN, or the whole ensemble with --ensemble")

@@ -37,7 +37,8 @@ def test_wire_compatible_with_tritonclient():
         return result
 
     for name in ("ModelInferRequest", "ModelInferResponse", "InferParameter", "InferTensorContents",
-                 "ModelMetadataRequest", "ModelReadyRequest", "ServerMetadataResponse"):
+                 "ModelMetadataRequest", "ModelReadyRequest", "ServerMetadataResponse",
+                 "ModelStreamInferResponse"):
         assert fields(pb.DESCRIPTOR.message_types_by_name[name]) == fields(
             triton.DESCRIPTOR.message_types_by_name[name]), name
     ours = fields(pb.DESCRIPTOR.message_types_by_name["ModelMetadataResponse"])
@@ -46,4 +47,16 @@ def test_wire_compatible_with_tritonclient():
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert pb.DESCRIPTOR.package == "inference"
     assert {m.name for m in service.methods} == {
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ModelStreamInfer"}
+
+
+def test_stream_rpc_matches_triton():
+    from tritonclient.grpc import service_pb2 as triton
+
+    ours = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name["ModelStreamInfer"]
+    theirs = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name["ModelStreamInfer"]
+    for method in (ours, theirs):
+        assert method.client_streaming and method.server_streaming
+    assert ours.input_type.full_name == theirs.input_type.full_name == "inference.ModelInferRequest"
+    assert ours.output_type.full_name == theirs.output_type.full_name == "inference.ModelStreamInferResponse"

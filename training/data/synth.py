@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from histoedge.training.errors import DataError
-from histoedge.training.data.synth_render import MAGNIFICATIONS, SUBTYPES, TileSpec, render_tile
+from histoedge.training.data.synth_render import (FIELD_MICRONS, MAGNIFICATIONS, SUBTYPES, TileSpec,
+                                                  render_tile)
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +179,21 @@ def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patien
     # every tile has its own seed, so the thread schedule cannot change the output
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(render_and_write, zip(specs, paths)))
+    _declare_field_of_view(root, size)
     for label, subtype, _pid, mag, _seq in names:
         summary.images[label] = summary.images.get(label, 0) + 1
         summary.subtypes[subtype] = summary.subtypes.get(subtype, 0) + 1
         summary.magnifications[f"{mag}X"] = summary.magnifications.get(f"{mag}X", 0) + 1
     return summary
+
+
+def _declare_field_of_view(root: Path, size: int) -> None:
+    """Write ``histoedge-dataset.json``: export records it so slides are tiled at this scale."""
+    from histoedge.export.manifest import DATASET_INFO_FILE, FieldOfView
+
+    fov = FieldOfView(FIELD_MICRONS / size, (size, size))
+    (root / DATASET_INFO_FILE).write_text(json.dumps(
+        {**fov.to_dict(), "note": "synthetic tiles rendered at the 200X reference scale"}, indent=2) + "\n")
 
 
 def cli_main(args) -> int:

@@ -27,6 +27,10 @@ _TYPICAL = 0.35
 _H_VEC = np.array([0.65, 0.70, 0.29])
 _E_VEC = np.array([0.07, 0.90, 0.43])
 _H_MAX = 2.4  # haematoxylin density stored as uint8 0..255 on the drawing canvas
+# Physical width of a rendered tile at the reference 200X magnification (nuclear scale 1.0),
+# whatever its pixel size: nuclei of 8-14 um diameter, as in real breast tissue.  A tile of
+# S pixels therefore has FIELD_MICRONS / S microns per pixel.
+FIELD_MICRONS = 128.0
 
 
 @dataclass(frozen=True)
