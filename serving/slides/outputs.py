@@ -131,7 +131,7 @@ def render_heatmap(thumbnail: np.ndarray, downsample: float, boxes: np.ndarray, 
     bar_top, bar_h = top + 24, max(120, min(height - 48, 360))
     ramp = lut[np.linspace(255, 0, bar_h).round().astype(int)]
     canvas[bar_top:bar_top + bar_h, bar_x:bar_x + bar_w] = ramp[:, None, :]
-    cv2.rectangle(canvas, (bar_x, bar_top), (bar_x + bar_w, bar_top + bar_h), (60, 60, 60), 1)
+    cv2.rectangle(canvas, (bar_x - 1, bar_top - 1), (bar_x + bar_w, bar_top + bar_h), (60, 60, 60), 1)
     for value in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = int(round(bar_top + (1 - value) * (bar_h - 1)))
         cv2.line(canvas, (bar_x + bar_w, y), (bar_x + bar_w + 5, y), (60, 60, 60), 1)

@@ -210,7 +210,7 @@ def render_band(plan: SlidePlan, cache: _PatchCache, y0: int, y1: int) -> np.nda
 
 def _level_sizes(width: int, height: int) -> list[tuple[int, int]]:
     sizes = [(width, height)]
-    while min(sizes[-1]) // LEVEL_FACTOR >= 256:
+    while min(sizes[-1]) // LEVEL_FACTOR >= 128:
         w, h = sizes[-1]
         sizes.append((w // LEVEL_FACTOR, h // LEVEL_FACTOR))
     return sizes
