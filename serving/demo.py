@@ -5,6 +5,10 @@ a user would, so the demo imports no stage itself.  Re-running it reuses what
 earlier runs finished: training resumes, and an export of the same run is
 reused instead of adding another model version.
 
+The output is written for a person: TensorFlow's, tf2onnx's and onnxruntime's INFO
+lines are silenced (``histoedge -v demo`` shows everything), training shows one
+progress bar per ensemble member, and the classification table shows file names.
+
 Example::
 
     histoedge demo --workdir demo
@@ -15,6 +19,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,17 +33,87 @@ from histoedge.export.manifest import MANIFEST_FILE, version_folders
 
 MODEL_NAME = "breast"
 HEALTH_TIMEOUT_S = 120.0
+SLIDE_SIZE = ("4096", "3072")
+_EPOCH = re.compile(r"^Epoch (\d+)/(\d+)\s*$")
+# Keras' one line per epoch, learning-rate notes, and native libraries' start-up chatter
+_NOISE = re.compile(r"^(\d+/\d+ - |Epoch \d+: |I0000 |W0000 |WARNING: All log messages|To enable the "
+                    r"following instructions|.*oneDNN custom operations)")
+_verbose = False
 
 
-def _histoedge(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "histoedge", *args]
+def _env() -> dict[str, str]:
+    if _verbose:
+        return dict(os.environ)
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HISTOEDGE_LOG_LEVEL": "WARNING",
+            "ORT_LOGGING_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+
+
+def _command(args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "histoedge", *(["-v"] if _verbose else []), *args]
+
+
+def _histoedge(*args: str, capture: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
     print("$ histoedge " + " ".join(args), flush=True)
-    result = subprocess.run(command, text=True, capture_output=capture)
+    result = subprocess.run(_command(args), text=True, capture_output=capture, env=_env(), cwd=cwd)
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
         raise HistoedgeError(f"'histoedge {args[0]}' failed with exit code {result.returncode}"
                              + (f": {detail[0]}" if detail else ""))
     return result
+
+
+class _StepProgress:
+    """Progress bars from a child's output: one bar per ``Epoch i/n`` run, else elapsed time."""
+
+    def __init__(self, title: str) -> None:
+        from tqdm import tqdm
+
+        self._tqdm, self.title, self.bar, self.runs = tqdm, title, None, 0
+
+    def line(self, text: str) -> bool:
+        """Consume a line of output; True if it was progress (not to be printed)."""
+        match = _EPOCH.match(text)
+        if match:
+            epoch, total = int(match.group(1)), int(match.group(2))
+            if epoch == 1 or self.bar is None:
+                self.close()
+                self.runs += 1
+                self.bar = self._tqdm(total=total, desc=f"{self.title} {self.runs}", unit="epoch",
+                                      file=sys.stdout, leave=True, dynamic_ncols=True)
+            self.bar.n = epoch - 1
+            self.bar.refresh()
+            return True
+        return bool(_NOISE.match(text))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.bar.total  # early stopping ends a member before its last epoch
+            self.bar.refresh()
+            self.bar.close()
+            self.bar = None
+
+
+def _histoedge_with_progress(title: str, *args: str) -> None:
+    """Run a long step with progress bars; print its other output; show everything on failure."""
+    if _verbose:
+        _histoedge(*args)
+        return
+    print("$ histoedge " + " ".join(args), flush=True)
+    progress, kept = _StepProgress(title), []
+    with subprocess.Popen(_command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=_env(), bufsize=1) as child:
+        for text in child.stdout:
+            text = text.rstrip("\n")
+            kept.append(text)
+            if not progress.line(text) and text.strip():
+                if progress.bar is not None:
+                    progress.bar.write(text)
+                else:
+                    print(text, flush=True)
+        progress.close()
+    if child.returncode != 0:
+        print("\n".join(kept[-40:]), file=sys.stderr)
+        raise HistoedgeError(f"'histoedge {args[0]}' failed with exit code {child.returncode}")
 
 
 def _free_port() -> int:
@@ -74,13 +150,25 @@ def _held_out_images(run: Path, count: int) -> list[str]:
     return picked
 
 
+def _copy_short(images: list[str], folder: Path) -> list[str]:
+    """Copy the chosen images into ``folder`` so the table shows file names, not dataset paths."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    short = []
+    for image in images:
+        target = folder / Path(image).name
+        shutil.copy2(image, target)
+        short.append(str(target.relative_to(folder.parent)))
+    return short
+
+
 def _wait_healthy(server: subprocess.Popen, address: str) -> None:
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise HistoedgeError(f"the server exited early with code {server.returncode}")
         probe = subprocess.run([sys.executable, "-m", "histoedge", "health", "--server", address],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, env=_env())
         if probe.returncode == 0:
             return
         time.sleep(0.5)
@@ -103,44 +191,68 @@ def _print_metrics(run: Path, version_dir: Path) -> None:
 
 
 def cli_demo(args) -> int:
+    global _verbose
+    _verbose = bool(getattr(args, "verbose", False))
     workdir = Path(args.workdir).resolve()
     data, run, repo = workdir / "data", workdir / "run", workdir / "models"
+    slide = workdir / "slides" / "synthetic.tiff"
     started = time.monotonic()
 
     if not (data / "BreaKHis_v1").exists():
         _histoedge("data", "synth", "--out", str(data), "--n", str(args.n),
                    "--size", str(max(args.image_size, 64)))
-    _histoedge("train", "--ensemble", "--data", str(data), "--out", str(run),
-               "--image-size", str(args.image_size), "--quiet")
+    _histoedge_with_progress("training member", "train", "--ensemble", "--data", str(data), "--out", str(run),
+                             "--image-size", str(args.image_size), "--quiet")
     version_dir = _existing_export(repo, run, args.precision)
     if version_dir is None:
-        _histoedge("export", "--run", str(run), "--repo", str(repo), "--name", MODEL_NAME,
-                   "--precision", args.precision)
+        _histoedge_with_progress("export", "export", "--run", str(run), "--repo", str(repo),
+                                 "--name", MODEL_NAME, "--precision", args.precision)
         version_dir = _existing_export(repo, run, args.precision)
         if version_dir is None:
             raise HistoedgeError(f"export finished but no {args.precision} version of "
                                  f"{MODEL_NAME} from {run} is in {repo}")
+
+    if not slide.exists():
+        _histoedge("data", "synth-slide", "--out", str(slide), "--width", SLIDE_SIZE[0],
+                   "--height", SLIDE_SIZE[1], "--seed", "1")
 
     port, metrics_port, http_port = _free_port(), _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "histoedge", "serve", "--repo", str(repo), "--host", "127.0.0.1",
          "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**_env(), "PYTHONUNBUFFERED": "1"})
     try:
         _wait_healthy(server, address)
-        images = _held_out_images(run, args.classify)
+        images = _copy_short(_held_out_images(run, args.classify), workdir / "held-out")
         print(f"\nStatus page (while the demo runs): http://127.0.0.1:{http_port}/")
-        print(f"Classifying {len(images)} held-out test images over gRPC at {address}:")
-        _histoedge("classify", "--server", address, "--model", MODEL_NAME, *images)
+        print(f"Classifying {len(images)} held-out test images over gRPC at {address} "
+              "(file names say the truth: SOB_B benign, SOB_M malignant):")
+        _histoedge("classify", "--server", address, "--model", MODEL_NAME, *images, cwd=workdir)
         _print_metrics(run, version_dir)
+        if json.loads((version_dir / "manifest.json").read_text()).get("field_of_view") is None:
+            print(f"\n{version_dir} records no field of view (its dataset predates that); "
+                  "skipping the whole-slide step: run the demo in a fresh --workdir")
+            return _stop(server, started)
+        print(f"\nPredicting a synthetic whole slide ({SLIDE_SIZE[0]} x {SLIDE_SIZE[1]} px, ground truth in "
+              f"{slide.with_name(slide.stem + '.mask.png').name}) over gRPC:")
+        _histoedge("slide", "predict", str(slide), "--out", str(workdir / "predictions"),
+                   "--server", address, "--model-name", MODEL_NAME)
+        print(f"Heatmap: {workdir / 'predictions' / slide.stem / 'heatmap.png'}")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server, started)
+    return 0 if server.returncode == 0 else 1
+
+
+def _stop(server: subprocess.Popen, started: float) -> int:
+    if server.returncode is not None:
+        return 0 if server.returncode == 0 else 1
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; server exited with "
           f"code {server.returncode}.")
     return 0 if server.returncode == 0 else 1

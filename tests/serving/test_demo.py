@@ -33,3 +33,27 @@ def test_held_out_images_come_from_the_test_split_and_alternate_classes(tmp_path
     picked = _held_out_images(tmp_path, 5)
     assert picked == ["/test/b0.png", "/test/m0.png", "/test/b1.png", "/test/m1.png", "/test/b2.png"]
     assert len(_held_out_images(tmp_path, 50)) == 5
+
+
+def test_training_output_becomes_one_bar_per_member_and_the_rest_is_printed():
+    from histoedge.serving.demo import _StepProgress
+
+    progress = _StepProgress("member")
+    lines = ["Epoch 1/3", "17/17 - 3s - 196ms/step - loss: 0.4", "Epoch 2/3", "Epoch 2: learning rate scaled",
+             "Epoch 1/3", "Epoch 3/3", "I0000 00:00:1796 port.cc:153] oneDNN custom operations are on",
+             "Test split (231 images), stacking of ldam, focal:"]
+    shown = [line for line in lines if not progress.line(line)]
+    progress.close()
+    assert shown == ["Test split (231 images), stacking of ldam, focal:"]
+    assert progress.runs == 2
+
+
+def test_held_out_images_are_copied_to_short_names(tmp_path):
+    from histoedge.serving.demo import _copy_short
+
+    deep = tmp_path / "data" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "SOB_B_A-14-1-40-001.png").write_bytes(b"png")
+    short = _copy_short([str(deep / "SOB_B_A-14-1-40-001.png")], tmp_path / "held-out")
+    assert short == ["held-out/SOB_B_A-14-1-40-001.png"]
+    assert (tmp_path / short[0]).read_bytes() == b"png"
