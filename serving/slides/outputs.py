@@ -117,7 +117,7 @@ def render_heatmap(thumbnail: np.ndarray, downsample: float, boxes: np.ndarray, 
         x0, y0 = int(round(box[0] * factor)), int(round(box[1] * factor))
         x1, y1 = int(round((box[0] + box[2]) * factor)), int(round((box[1] + box[3]) * factor))
         colour[y0:y1, x0:x1] = lut[int(round(float(np.clip(p, 0, 1)) * 255))]
-        alpha[y0:y1, x0:x1] = 0.55
+        alpha[y0:y1, x0:x1] = 0.45
     image = (image * (1 - alpha[..., None]) + colour * alpha[..., None]).astype(np.uint8)
 
     height, width = image.shape[:2]
@@ -138,8 +138,8 @@ def render_heatmap(thumbnail: np.ndarray, downsample: float, boxes: np.ndarray, 
         _text(cv2, canvas, f"{value:.2f}", (bar_x + bar_w + 8, y + 5), 0.45)
     if threshold is not None and 0 <= threshold <= 1:
         y = int(round(bar_top + (1 - threshold) * (bar_h - 1)))
-        cv2.line(canvas, (bar_x - 6, y), (bar_x + bar_w + 44, y), (0, 0, 0), 2)
-        _text(cv2, canvas, f"cut-off {threshold:.2f}", (bar_x + bar_w + 48, y + 5), 0.42, 1, (0, 0, 0))
+        cv2.line(canvas, (bar_x - 6, y), (bar_x + bar_w + 4, y), (0, 0, 0), 2)
+        _text(cv2, canvas, "< cut-off", (bar_x + bar_w + 50, y + 5), 0.42, 1, (0, 0, 0))
     _text(cv2, canvas, _fit(cv2, label, bar_area, 0.5, 1), (bar_x - 12, bar_top - 10), 0.5)
     return canvas
 
