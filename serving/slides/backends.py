@@ -31,7 +31,6 @@ import numpy as np
 
 from histoedge import HistoedgeError
 from histoedge.export.manifest import MODEL_FILE, FieldOfView, Manifest, ManifestError
-from histoedge.serving.errors import SlideError
 
 log = logging.getLogger(__name__)
 
@@ -265,4 +264,4 @@ def _rpc_error(error: Exception, server: str) -> Exception:
 
 
 __all__ = ["ModelInfo", "LocalBackend", "UnaryBackend", "StreamBackend", "remote_model_info",
-           "resolve_version_dir", "SlideError"]
+           "resolve_version_dir"]
