@@ -15,8 +15,9 @@ What it does, in one run:
 3. throughput (on the larger slide): the slide pipeline (read + resize + classify, overlapped) against raw
    onnxruntime ``session.run`` on the same tiles already in memory, same threads, same batch
    size, alternating A/B twice and keeping each side's best; then the same slide through a
-   ``histoedge serve`` process with the ModelStreamInfer stream and with concurrent unary calls;
-4. peak memory (``ru_maxrss``) of ``histoedge slide predict`` in a fresh process for each slide.
+   ``histoedge serve`` process with the ModelStreamInfer stream and with concurrent unary calls
+   (alternating, three times each, best of each);
+4. peak memory (``VmHWM``) of ``histoedge slide predict`` in a fresh process for each slide.
 
 A model exported before manifests recorded the field of view gets one in a cached copy
 (``--model-mpp``, microns per pixel of its training images, 2.0 for the synthetic data at 64 px).
@@ -127,11 +128,13 @@ def _pipeline(slide: Path, out: Path, backend, batch: int, concurrency: int) -> 
 
 
 def _peak_rss_mb(slide: Path, version_dir: Path, threads: int, batch: int) -> float:
-    code = ("import resource, sys\nfrom histoedge.cli import main\n"
+    # VmHWM, not ru_maxrss: ru_maxrss keeps the high-water mark of the forked parent across exec
+    code = ("import sys\nfrom histoedge.cli import main\n"
             f"code = main(['slide', 'predict', {str(slide)!r}, '--out', {str(CACHE_DIR / 'memory')!r}, "
             f"'--model', {str(version_dir)!r}, '--threads', '{threads}', '--batch-size', '{batch}', "
             "'--no-progress'])\n"
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)\n")
+            "status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+            "print('PEAK_KB', status)\nsys.exit(code)\n")
     result = subprocess.run([python_exe(), "-c", code], capture_output=True, text=True, env=quiet_env())
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with serve(repo, threads=args.threads, max_batch_size=args.batch_size, log_name="slide-server") as server:
         client = InferenceClient(server["address"], timeout=120)
         info = remote_model_info(client, "")
-        for _ in range(2):
+        for _ in range(3):
             for name, kind in (("stream", StreamBackend), ("unary", UnaryBackend)):
                 backend = kind(client, info)
                 transports[name].append(_pipeline(large, out, backend, args.batch_size, 4)["tiles_per_second"])

@@ -118,7 +118,8 @@ def render_heatmap(thumbnail: np.ndarray, downsample: float, boxes: np.ndarray, 
         x1, y1 = int(round((box[0] + box[2]) * factor)), int(round((box[1] + box[3]) * factor))
         colour[y0:y1, x0:x1] = lut[int(round(float(np.clip(p, 0, 1)) * 255))]
         alpha[y0:y1, x0:x1] = 0.45
-    image = (image * (1 - alpha[..., None]) + colour * alpha[..., None]).astype(np.uint8)
+    weight = alpha[..., None]
+    image = (image * (1 - weight) + colour * weight).astype(np.uint8)  # float32 throughout
 
     height, width = image.shape[:2]
     top, bar_area, margin = 84, 190, 16

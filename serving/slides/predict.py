@@ -27,7 +27,7 @@ from histoedge import HistoedgeError
 from histoedge.serving.errors import SlideError
 from histoedge.serving.slides import outputs
 from histoedge.serving.slides.pipeline import PipelineSettings, classify_tiles
-from histoedge.serving.slides.reader import open_slide, slide_mpp
+from histoedge.serving.slides.reader import open_slide, slide_mpp, thumbnail
 from histoedge.serving.slides.tiling import plan_tiles
 from histoedge.serving.slides.tissue import TissueSettings, detect_tissue, tile_fractions
 
@@ -71,9 +71,8 @@ def _tissue(slide, tile_size: tuple[int, int], settings: TissueSettings):
     width, height = slide.dimensions
     downsample = max(min(tile_size) / MASK_PIXELS_PER_TILE, max(width, height) / MAX_MASK_SIDE, 1.0)
     size = (max(1, round(width / downsample)), max(1, round(height / downsample)))
-    thumbnail = np.asarray(slide.get_thumbnail(size).convert("RGB"))
-    actual = width / thumbnail.shape[1]
-    return thumbnail, detect_tissue(thumbnail, settings), actual
+    picture = thumbnail(slide, size)
+    return picture, detect_tissue(picture, settings), width / size[0]
 
 
 def predict_slide(path: Path, out_root: Path, backend, options: PredictOptions) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def predict_slide(path: Path, out_root: Path, backend, options: PredictOptions) 
                                   info.input_size, options.force)
             except SlideError as error:
                 raise SlideError(f"{path}: {error}") from None
-            thumbnail, mask, downsample = _tissue(slide, plan.tile_size, options.tissue)
+            _, mask, downsample = _tissue(slide, plan.tile_size, options.tissue)
             fractions = tile_fractions(mask, plan.boxes, downsample)
             keep = fractions >= options.min_tissue
             if not mask.any() or not keep.any():
@@ -109,7 +108,9 @@ def predict_slide(path: Path, out_root: Path, backend, options: PredictOptions) 
             inference_started = time.perf_counter()
             probabilities = classify_tiles(slide, plan, boxes, backend, options.pipeline, name=path.name)
             inference_seconds = time.perf_counter() - inference_started
-            picture_rgb = np.asarray(slide.get_thumbnail((HEATMAP_SIDE, HEATMAP_SIDE)).convert("RGB"))
+            scale = HEATMAP_SIDE / max(slide.dimensions)
+            picture_rgb = thumbnail(slide, (max(1, round(slide.dimensions[0] * min(scale, 1.0))),
+                                            max(1, round(slide.dimensions[1] * min(scale, 1.0)))))
         except openslide.OpenSlideError as error:
             raise SlideError(f"{path}: damaged slide: {error}") from None
         except SlideError as error:

@@ -21,7 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from histoedge.serving.errors import SlideError
+
+_STRIP_PIXELS = 1024 * 1024  # pixels read per OpenSlide call when making a thumbnail
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -145,6 +149,39 @@ def describe(slide, path: Path) -> SlideInfo:
                      levels=levels, mpp=mpp,
                      objective_power=_float(properties, openslide.PROPERTY_NAME_OBJECTIVE_POWER),
                      associated=tuple(sorted(slide.associated_images)), problems=tuple(problems))
+
+
+def thumbnail(slide, size: tuple[int, int]) -> np.ndarray:
+    """The whole slide as uint8 RGB of exactly ``size`` (width, height), in bounded memory.
+
+    OpenSlide's ``get_thumbnail`` reads a whole pyramid level at once, which grows with
+    the slide; this reads the best level in strips and shrinks each strip (area
+    interpolation), so memory stays at one strip whatever the slide's size.
+    Transparent pixels (outside the scanned area) become white.
+    """
+    import cv2
+
+    width, height = slide.dimensions
+    out_w, out_h = size
+    level = slide.get_best_level_for_downsample(min(width / out_w, height / out_h))
+    level_w, level_h = slide.level_dimensions[level]
+    downsample = slide.level_downsamples[level]
+    result = np.empty((out_h, out_w, 3), np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(1, level_w))
+    scale = out_h / level_h
+    for top in range(0, level_h, rows):
+        bottom = min(level_h, top + rows)
+        out_top, out_bottom = round(top * scale), round(bottom * scale)
+        if out_bottom <= out_top:
+            continue
+        rgba = np.asarray(slide.read_region((0, round(top * downsample)), level, (level_w, bottom - top)))
+        rgb = rgba[..., :3]
+        if rgba[..., 3].min() < 255:  # integer compositing over white: no float copies of the strip
+            alpha = rgba[..., 3:].astype(np.uint16)
+            rgb = ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+        result[out_top:out_bottom] = cv2.resize(rgb, (out_w, out_bottom - out_top),
+                                                interpolation=cv2.INTER_AREA)
+    return result
 
 
 def cli_info(args) -> int:

@@ -47,3 +47,17 @@ def test_tile_fractions_match_a_direct_count():
     got = tile_fractions(mask, boxes, downsample=16.0)
     want = [mask[0:5, 0:5].mean(), mask[2:18, 10:20].mean(), mask[47:50, 65:70].mean(), mask[8:9, 20:21].mean()]
     np.testing.assert_allclose(got, want)
+
+
+def test_strip_thumbnail_matches_openslide(slide, monkeypatch):
+    import cv2
+
+    from histoedge.serving.slides import reader
+
+    monkeypatch.setattr(reader, "_STRIP_PIXELS", 256 * 10)  # many strips
+    with openslide.OpenSlide(str(slide)) as handle:
+        ours = reader.thumbnail(handle, (128, 96))
+        level = np.asarray(handle.read_region((0, 0), 1, handle.level_dimensions[1]).convert("RGB"))
+    whole = cv2.resize(level, (128, 96), interpolation=cv2.INTER_AREA)
+    assert ours.shape == (96, 128, 3)
+    assert np.abs(ours.astype(int) - whole).mean() < 3
