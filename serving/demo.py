@@ -99,20 +99,21 @@ def _histoedge_with_progress(title: str, *args: str) -> None:
         _histoedge(*args)
         return
     print("$ histoedge " + " ".join(args), flush=True)
-    progress, kept = _StepProgress(title), []
+    progress, hidden = _StepProgress(title), []
     with subprocess.Popen(_command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=_env(), bufsize=1) as child:
         for text in child.stdout:
             text = text.rstrip("\n")
-            kept.append(text)
-            if not progress.line(text) and text.strip():
+            if progress.line(text):
+                hidden.append(text)
+            elif text.strip():
                 if progress.bar is not None:
                     progress.bar.write(text)
                 else:
                     print(text, flush=True)
         progress.close()
-    if child.returncode != 0:
-        print("\n".join(kept[-40:]), file=sys.stderr)
+    if child.returncode != 0:  # what was hidden may explain the failure
+        print("\n".join(hidden[-20:]), file=sys.stderr)
         raise HistoedgeError(f"'histoedge {args[0]}' failed with exit code {child.returncode}")
 
 
