@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from histoedge import HistoedgeError
-from histoedge.export.manifest import MODEL_FILE, FieldOfView, Manifest, ManifestError
+from histoedge.export.manifest import (IMAGE, MANIFEST_FILE, MODEL_FILE, PROBABILITIES, FieldOfView, Manifest,
+                                       ManifestError, version_folders)
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,10 @@ class ModelInfo:
 
 def resolve_version_dir(path: Path) -> Path:
     """``MODELS/NAME/VERSION`` as given, or the highest version under ``MODELS/NAME``."""
-    from histoedge.serving.repository import ModelRepository
-
     path = Path(path)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST_FILE).is_file():
         return path
-    versions = ModelRepository(path.parent).scan().get(path.name)
+    versions = version_folders(path) if path.is_dir() else {}
     if not versions:
         raise HistoedgeError(f"--model {path}: neither a model version folder (with manifest.json) "
                              "nor a model folder with version sub-folders")
@@ -134,7 +133,7 @@ class LocalBackend:
         return cls(resolve_version_dir(path), threads, workers, device)
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["probabilities"], {"image": images})[0]
+        return self.session.run([PROBABILITIES], {IMAGE: images})[0]
 
     def submit(self, images: np.ndarray) -> concurrent.futures.Future:
         return self._pool.submit(self.run, images)
@@ -149,10 +148,10 @@ def _request(images: np.ndarray, info: ModelInfo, request_id: str = ""):
     from histoedge.serving.schema import Tensor
 
     request = pb.ModelInferRequest(model_name=info.name, model_version=info.version, id=request_id)
-    message, raw = codecs.encode_input(Tensor("image", "UINT8", np.ascontiguousarray(images)))
+    message, raw = codecs.encode_input(Tensor(IMAGE, "UINT8", np.ascontiguousarray(images)))
     request.inputs.append(message)
     request.raw_input_contents.append(raw)
-    request.outputs.add(name="probabilities")
+    request.outputs.add(name=PROBABILITIES)
     return request
 
 
@@ -160,9 +159,9 @@ def _probabilities(response) -> np.ndarray:
     from histoedge.serving import codecs
 
     for message, raw in zip(response.outputs, response.raw_output_contents):
-        if message.name == "probabilities":
+        if message.name == PROBABILITIES:
             return codecs.decode_output(message, raw).data
-    raise HistoedgeError("the server's answer has no 'probabilities' output")
+    raise HistoedgeError(f"the server's answer has no '{PROBABILITIES}' output")
 
 
 def remote_model_info(client, model: str) -> ModelInfo:
