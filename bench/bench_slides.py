@@ -108,14 +108,15 @@ def _truth_scores(slide: Path, out_dir: Path) -> dict:
 
 
 def _raw_tiles_per_second(version_dir: Path, tiles: np.ndarray, threads: int, batch: int) -> float:
+    from histoedge.export.manifest import IMAGE, PROBABILITIES
     from histoedge.serving.runtime import create_session
     from histoedge.serving.settings import ServerSettings
 
     session = create_session((version_dir / "model.onnx").read_bytes(), ServerSettings(threads=threads, device="cpu"))
-    session.run(["probabilities"], {"image": tiles[:batch]})
+    session.run([PROBABILITIES], {IMAGE: tiles[:batch]})
     started = time.perf_counter()
     for start in range(0, len(tiles), batch):
-        session.run(["probabilities"], {"image": tiles[start:start + batch]})
+        session.run([PROBABILITIES], {IMAGE: tiles[start:start + batch]})
     return len(tiles) / (time.perf_counter() - started)
 
 
