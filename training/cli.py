@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--malignant-fraction", type=float, default=0.69,
                        help="fraction of malignant patients' images (default 0.69, as BreakHis)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--stain-shift", type=float, default=0.0,
+                       help="0..1: stain the tiles like another laboratory (same seed = same tissue; "
+                            "default 0)")
     synth.set_defaults(handler="histoedge.training.data.synth:cli_main")
 
     slide = data_sub.add_parser(

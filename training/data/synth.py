@@ -89,7 +89,7 @@ def _patient_ids(rng: np.random.Generator, count: int) -> list[str]:
     return [f"{num}{suffixes[rng.integers(len(suffixes))]}" for num in numbers]
 
 
-def _tile_specs(rng: np.random.Generator, plan) -> tuple[list[TileSpec], list[tuple]]:
+def _tile_specs(rng: np.random.Generator, plan, stain_shift: float = 0.0) -> tuple[list[TileSpec], list[tuple]]:
     """One TileSpec per image plus its (label, subtype, patient id, magnification, seq)."""
     specs, names = [], []
     ids = _patient_ids(rng, len(plan))
@@ -106,7 +106,7 @@ def _tile_specs(rng: np.random.Generator, plan) -> tuple[list[TileSpec], list[tu
                 grade += rng.uniform(0.15, 0.35) * (-1 if malignant else 1)
             specs.append(TileSpec(grade=float(np.clip(grade, 0.0, 1.0)), subtype=subtype,
                                   magnification=int(mag), stain=stain,
-                                  seed=int(rng.integers(2**63 - 1))))
+                                  seed=int(rng.integers(2**63 - 1)), stain_shift=stain_shift))
             seq[mag] += 1
             names.append((label, subtype, pid, int(mag), seq[mag]))
     return specs, names
@@ -121,7 +121,8 @@ def breakhis_path(root: Path, label: str, subtype: str, pid: str, mag: int, seq:
 
 
 def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patients: int | None = None,
-                       malignant_fraction: float = 0.69, seed: int = 0) -> SynthSummary:
+                       malignant_fraction: float = 0.69, seed: int = 0,
+                       stain_shift: float = 0.0) -> SynthSummary:
     """Write ``n`` synthetic H&E tiles as PNG in the BreakHis layout under ``out``.
 
     Args:
@@ -132,6 +133,10 @@ def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patien
             as BreakHis, or ``n // 5`` when that is smaller, so each patient has >= 5 images.
         malignant_fraction: fraction of images (and patients) that are malignant.
         seed: random seed; the same seed writes byte-identical files.
+        stain_shift: 0..1; moves every tile's haematoxylin and eosin vectors and intensities
+            towards another laboratory's (1 = fully).  The same seed with a different shift
+            writes the same patients, file names and tissue in other colours: a test set from
+            "another hospital" for measuring stain robustness.
 
     Returns:
         A :class:`SynthSummary` with image, patient, subtype and magnification counts.
@@ -149,6 +154,8 @@ def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patien
         raise DataError("--n must be at least 2 and --patients between 2 and --n")
     if size < 16:
         raise DataError(f"--size {size} is too small; use at least 16 pixels")
+    if not 0.0 <= stain_shift <= 1.0:
+        raise DataError(f"--stain-shift must be between 0 and 1, got {stain_shift}")
     if not 0.0 < malignant_fraction < 1.0:
         raise DataError(f"--malignant-fraction must be between 0 and 1, got {malignant_fraction}")
     root = Path(out)
@@ -156,7 +163,7 @@ def generate_synthetic(out: str | Path, *, n: int = 2000, size: int = 96, patien
         raise DataError(f"{root / 'BreaKHis_v1'} already holds images; choose an empty --out")
     rng = np.random.default_rng(seed)
     plan = _patient_plan(rng, n, patients, malignant_fraction)
-    specs, names = _tile_specs(rng, plan)
+    specs, names = _tile_specs(rng, plan, stain_shift)
 
     summary = SynthSummary(root=str(root))
     for label, subtype, count in plan:
@@ -199,7 +206,8 @@ def _declare_field_of_view(root: Path, size: int) -> None:
 def cli_main(args) -> int:
     """Handler of ``histoedge data synth``."""
     summary = generate_synthetic(args.out, n=args.n, size=args.size, patients=args.patients,
-                                 malignant_fraction=args.malignant_fraction, seed=args.seed)
+                                 malignant_fraction=args.malignant_fraction, seed=args.seed,
+                                 stain_shift=args.stain_shift)
     print(summary.format())
     return 0
 

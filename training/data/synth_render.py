@@ -31,6 +31,12 @@ _H_MAX = 2.4  # haematoxylin density stored as uint8 0..255 on the drawing canva
 # whatever its pixel size: nuclei of 8-14 um diameter, as in real breast tissue.  A tile of
 # S pixels therefore has FIELD_MICRONS / S microns per pixel.
 FIELD_MICRONS = 128.0
+# Another laboratory at stain shift 1: a bluer, darker haematoxylin and a paler, pinker
+# eosin (stain batch, staining time and scanner colour profile together); OD vectors and
+# per-stain intensity factors.  The shift moves the tile's colours, never its content.
+_SHIFT_H_VEC = np.array([0.45, 0.80, 0.40])
+_SHIFT_E_VEC = np.array([0.02, 0.75, 0.66])
+_SHIFT_H_GAIN, _SHIFT_E_GAIN = 1.35, 0.65
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class TileSpec:
     magnification: int
     stain: np.ndarray  # 6 standard normals: haematoxylin and eosin vector/intensity jitter
     seed: int
+    stain_shift: float = 0.0  # 0 = this lab; 1 = another lab's stain (see _SHIFT_*)
 
 
 def _textures(cv2, rng, size: int, angle: float):
@@ -189,6 +196,7 @@ def _render_one(cv2, spec: TileSpec, size: int) -> np.ndarray:
     e_vec = np.abs(_E_VEC + 0.06 * s[3:6])
     h_vec /= np.linalg.norm(h_vec)
     e_vec /= np.linalg.norm(e_vec)
+    h_vec, e_vec = _shift_stains(h_vec, e_vec, spec.stain_shift)
     h_vec *= 1 + 0.12 * s[0]
     e_vec *= 1 + 0.15 * s[4]
     od = haem[..., None] * h_vec.astype(np.float32) + eosin[..., None] * e_vec.astype(np.float32)
@@ -197,6 +205,21 @@ def _render_one(cv2, spec: TileSpec, size: int) -> np.ndarray:
         rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(0.4, 1.3) * size / 96)
     rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(rng.uniform(1.0, 4.0))
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _shift_stains(h_vec, e_vec, shift: float):
+    """Move unit H and E vectors ``shift`` of the way to the other lab's and scale their strength.
+
+    Deterministic (no random draws), so a shifted dataset shows the same tissue as the unshifted one.
+    """
+    if not shift:
+        return h_vec, e_vec
+    moved = []
+    for vec, target, gain in ((h_vec, _SHIFT_H_VEC, _SHIFT_H_GAIN), (e_vec, _SHIFT_E_VEC, _SHIFT_E_GAIN)):
+        target = target / np.linalg.norm(target)
+        mixed = (1 - shift) * vec + shift * target
+        moved.append(np.abs(mixed) / np.linalg.norm(mixed) * (1 + shift * (gain - 1)))
+    return moved[0], moved[1]
 
 
 def render_tile(spec: TileSpec, size: int) -> np.ndarray:
