@@ -42,6 +42,8 @@ IMAGE_BYTES = "image_bytes"                     # BYTES [N], PNG/JPEG/TIFF/BMP f
 PROBABILITIES = "probabilities"                 # FP32 [N, C], the ensemble's
 MEMBER_PROBABILITIES = "member_probabilities"   # FP32 [N, M, C], each member's
 LABEL = "label"                                 # BYTES [N], UTF-8 class names
+# The fitted stain-normalisation reference (export/stain.py) under the manifest's "preprocessing".
+STAIN_KEY = "stain_normalisation"
 
 # A version folder is a positive integer written in ASCII digits without leading zeros,
 # small enough for an int64 (the protocol's version numbers).  ``str.isdigit`` is not
@@ -276,7 +278,8 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
                    threshold: float | None = None, positive_class: int | None = None,
                    metrics: dict[str, Any] | None = None, source: str = "",
                    extra: dict[str, Any] | None = None,
-                   field_of_view: FieldOfView | None = None) -> Manifest:
+                   field_of_view: FieldOfView | None = None,
+                   stain: dict[str, Any] | None = None) -> Manifest:
     """The manifest of an ensemble graph that follows the contract (square RGB input).
 
     Args:
@@ -286,6 +289,9 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
         sha256: digest of ``model.onnx`` (:func:`sha256_file`).
         threshold, positive_class: binary decision rule, or None for arg-max.
         field_of_view: the training images' pixel size and size, when known.
+        stain: the fitted stain-normalisation reference (``StainReference.to_dict()`` of
+            ``export/stain.py``), stored as ``preprocessing.stain_normalisation``; the server
+            normalises every image with it.  None: no normalisation (the key is left out).
 
     Example::
 
@@ -295,6 +301,10 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
     """
     classes, members = tuple(classes), tuple(members)
     c, m = len(classes), len(members)
+    preprocessing = {"color": "RGB", "resize": [image_size, image_size], "interpolation": "area",
+                     "scaling": "in-graph"}
+    if stain is not None:
+        preprocessing[STAIN_KEY] = dict(stain)
     return Manifest(
         name=name, version=int(version),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -302,8 +312,7 @@ def build_manifest(*, name: str, version: int, image_size: int, classes: Sequenc
         outputs=(TensorSpec(PROBABILITIES, "FP32", (-1, c)),
                  TensorSpec(MEMBER_PROBABILITIES, "FP32", (-1, m, c))),
         classes=classes, threshold=threshold, positive_class=positive_class,
-        preprocessing={"color": "RGB", "resize": [image_size, image_size], "interpolation": "area",
-                       "scaling": "in-graph"},
+        preprocessing=preprocessing,
         precision=precision, members=members, sha256=sha256, metrics=dict(metrics or {}),
         source=source, toolkit_version=histoedge.__version__, extra=dict(extra or {}),
         field_of_view=field_of_view)

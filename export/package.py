@@ -31,6 +31,7 @@ from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, FieldOfView, Ma
 from histoedge.export.fov import field_of_view, run_field_of_view
 from histoedge.export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
 from histoedge.export.repository import ExportError, VersionWriter
+from histoedge.export.stain import StainError, StainReference, load_run_reference
 from histoedge.export.verify import make_session, measure_latency, predict
 from histoedge.serving.monitoring.features import image_features
 from histoedge.serving.monitoring.profile import PROFILE_FILE, build_profile, file_reference, uncertainty_band
@@ -98,6 +99,7 @@ class ExportSource:
     # width/height of the original files or None); None: no reference profile
     reference: Any = None
     field_of_view: FieldOfView | None = None
+    stain: StainReference | None = None  # images below are already normalised with it
 
 
 def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
@@ -116,20 +118,29 @@ def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
         raise ExportError(f"member models missing: {', '.join(missing)}")
     splits = run_dir / "splits.csv"
     size, classes = spec.image_size, spec.classes
+    try:
+        stain = load_run_reference(run_dir)
+    except StainError as error:
+        raise ExportError(str(error)) from None
+
+    def normalised(images):  # the members saw normalised images in training; so does every check here
+        return images if stain is None else stain.normalise_batch(images)[0]
+
     test_images, test_labels = data.split_images(splits, "test", size, classes)
+    test_images = normalised(test_images)
     parity = test_images[:options.parity_images]
     for fallback in ("val", "train"):  # too few test images: top up from other splits
         if len(parity) < options.parity_images:
             extra, _ = data.split_images(splits, fallback, size, classes, limit=options.parity_images)
-            parity = np.concatenate([parity, extra])[:options.parity_images]
+            parity = np.concatenate([parity, normalised(extra)])[:options.parity_images]
     hashes = {str(p.relative_to(run_dir)): sha256_file(p) for p in [spec_path, *paths]}
     source = ExportSource(
         members=[KerasMember(load_keras_model(p)) for p in paths], spec=spec,
         description=str(run_dir.resolve()), source_hashes=hashes,
         test_images=test_images, test_labels=test_labels, parity_images=parity,
-        calibration=lambda limit: data.split_images(splits, "train", size, classes, limit=limit)[0],
+        calibration=lambda limit: normalised(data.split_images(splits, "train", size, classes, limit=limit)[0]),
         reference=lambda limit: _run_reference(splits, size, classes, limit),
-        field_of_view=run_field_of_view(run_dir, options.mpp, size))
+        field_of_view=run_field_of_view(run_dir, options.mpp, size), stain=stain)
     return _export(source, writer, options)
 
 
@@ -326,7 +337,8 @@ def _manifest(source: ExportSource, writer: VersionWriter, options: ExportOption
         name=writer.model_dir.name, version=writer.version, image_size=spec.image_size,
         classes=spec.classes, members=spec.members, sha256=sha256, precision=options.precision,
         threshold=spec.threshold, positive_class=spec.positive_class, metrics=metrics,
-        source=source.description, extra=extra, field_of_view=source.field_of_view)
+        source=source.description, extra=extra, field_of_view=source.field_of_view,
+        stain=None if source.stain is None else source.stain.to_dict())
 
 
 def _member_name(path: Path) -> str:

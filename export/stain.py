@@ -38,8 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from histoedge.export.manifest import STAIN_KEY
+
 METHODS = ("none", "macenko", "reinhard")
-PREPROCESSING_KEY = "stain_normalisation"   # key under the manifest's ``preprocessing``
+STAIN_FILE = "stain.json"                   # the fitted reference in a training run directory
 FORMAT_VERSION = 1
 
 OD_BETA = 0.15            # a pixel is tissue when its optical density exceeds this in some channel
@@ -276,10 +278,24 @@ class StainReference:
 
 def from_preprocessing(preprocessing: dict[str, Any] | None) -> StainReference | None:
     """The reference stored in a manifest's ``preprocessing`` mapping, or None when there is none."""
-    data = (preprocessing or {}).get(PREPROCESSING_KEY)
+    data = (preprocessing or {}).get(STAIN_KEY)
     if data is None or (isinstance(data, dict) and data.get("method") == "none"):
         return None
     return StainReference.from_dict(data)
+
+
+def load_run_reference(run_dir) -> StainReference | None:
+    """The reference a training run stored in ``RUN/stain.json``, or None when it used none."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / STAIN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return StainReference.from_dict(json.loads(path.read_text()))
+    except ValueError as error:  # JSONDecodeError and StainError
+        raise StainError(f"{path}: {error}") from None
 
 
 def fit_reference(method: str, images: np.ndarray) -> StainReference:

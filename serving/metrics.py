@@ -46,6 +46,10 @@ class ServerMetrics:
         self.model_ready = Gauge(
             "histoedge_model_ready", "1 when the model version is loaded and warmed up",
             labels, registry=registry)
+        self.stain_fallbacks = Counter(
+            "histoedge_stain_fallbacks", "images served without stain normalisation because the method "
+            "cannot handle them (reason: background, no colour, one stain, not a stain)",
+            labels + ("reason",), registry=registry)
         self.queue_depth = Gauge(
             "histoedge_queue_depth", "requests waiting for a batch", labels, registry=registry)
 

@@ -1,8 +1,9 @@
 """One loaded model version: checksum-verified onnxruntime session, batcher, pre/post-processing.
 
 The version owns its request path: :meth:`ModelVersion.infer` validates a request's
-inputs (decoding and resizing encoded images to this version's size), queues the rows
-on its batcher, waits for the batch to run and builds the response.
+inputs (decoding and resizing encoded images to this version's size), normalises their
+stain when the manifest carries a reference (``export/stain.py``, the code training used),
+queues the rows on its batcher, waits for the batch to run and builds the response.
 
 Example::
 
@@ -25,6 +26,7 @@ import onnxruntime as ort
 
 from histoedge.export.manifest import (IMAGE, IMAGE_BYTES, LABEL, MODEL_FILE, PROBABILITIES, Manifest,
                                        ManifestError)
+from histoedge.export.stain import StainError, StainReference, from_preprocessing
 from histoedge.serving import images
 from histoedge.serving.batcher import Batcher, Outputs
 from histoedge.serving.errors import CancelledError, DeadlineExceededError, InvalidInputError, ModelLoadError
@@ -83,6 +85,11 @@ class ModelVersion:
         self.providers = tuple(session.get_providers())
         self.output_names = [o.name for o in session.get_outputs()]
         labels = {"model": manifest.name, "version": str(manifest.version)}
+        try:
+            self.stain: StainReference | None = from_preprocessing(manifest.preprocessing)
+        except StainError as error:
+            raise ModelLoadError(f"{path}: manifest has a bad stain reference: {error}") from error
+        self._stain_fallbacks = lambda reason: metrics.stain_fallbacks.labels(**labels, reason=reason).inc()
         run = run_hook(self._run) if run_hook else self._run
         self.batcher = Batcher(
             run, settings.batch_limit, settings.max_queue_delay_ms / 1000.0, settings.max_queue_size,
@@ -174,7 +181,7 @@ class ModelVersion:
         watch = self.monitoring.begin(request) if self.monitoring else refuse_monitoring_options(request)
         self.batcher.announce()  # the batcher may wait for this request while it decodes
         try:
-            rows = self._prepare_inputs(request.inputs)
+            rows = self.normalise(self._prepare_inputs(request.inputs))
             requested = watch.outputs if watch else request.outputs
             names = [] if watch and watch.quality and not requested else self._check_outputs(requested)
             future = self.batcher.submit(rows, request.deadline)
@@ -209,6 +216,17 @@ class ModelVersion:
                                         self.settings.max_image_pixels)
         raise InvalidInputError(
             f"unknown input '{tensor.name}'; model '{self.name}' takes '{IMAGE}' or '{IMAGE_BYTES}'")
+
+    def normalise(self, rows: np.ndarray) -> np.ndarray:
+        """Stain-normalise uint8 [N, H, W, 3] rows as in training; tiles it cannot handle pass unchanged."""
+        if self.stain is None:
+            return rows
+        out = np.empty_like(rows)
+        for i, row in enumerate(rows):
+            out[i], reason = self.stain.normalise(row)
+            if reason is not None:
+                self._stain_fallbacks(reason)
+        return out
 
     @property
     def _hw(self) -> str:
@@ -289,6 +307,8 @@ class ModelVersion:
         if manifest.field_of_view is not None:  # slide clients tile at the training field of view
             parameters["microns_per_pixel"] = float(manifest.field_of_view.microns_per_pixel)
             parameters["training_image_size"] = "{}x{}".format(*manifest.field_of_view.image_size)
+        if self.stain is not None:
+            parameters["stain_normalisation"] = self.stain.method
         return ModelMetadata(
             name=self.name, versions=versions, platform="onnxruntime_onnx",
             inputs=(TensorMetadata(IMAGE, "UINT8", (-1, height, width, 3)),

@@ -72,6 +72,28 @@ class DataConfig(Section):
 
 
 @dataclass
+class PreprocessConfig(Section):
+    """Preprocessing applied to every image before the model, in training and in the server.
+
+    Args:
+        stain_normalisation: "none", "macenko" or "reinhard" (see ``export/stain.py``); the
+            reference is fitted on the training split and travels in the model package.
+        reference_image: fit the reference on this image instead of the training split.
+    """
+
+    SECTION: ClassVar[str] = "preprocess"
+    stain_normalisation: str = setting("none", choices=("none", "macenko", "reinhard"))
+    reference_image: str | None = None
+
+    def check(self):
+        if self.reference_image is not None:
+            self.require(self.stain_normalisation != "none",
+                         "preprocess.reference_image needs preprocess.stain_normalisation macenko or reinhard")
+            self.require(Path(self.reference_image).is_file(),
+                         f"preprocess.reference_image {self.reference_image!r} is not a file")
+
+
+@dataclass
 class CNNConfig(Section):
     """The regularised CNN. Defaults reproduce the seed's base CNN ("custom CNN model 1").
 
@@ -199,6 +221,7 @@ class TrainConfig:
 
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: CNNConfig = field(default_factory=CNNConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

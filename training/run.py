@@ -175,6 +175,8 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     _atomic_write(run_dir / "config.yaml", config.to_yaml())
     dataset.write_reports(run_dir)
     write_splits_csv(run_dir / "splits.csv", dataset, splits)
+    from histoedge.training.data.stain import normalise_dataset
+    normalise_dataset(config, dataset, splits["train"], run_dir)  # every split, before any model sees it
 
     classes = list(dataset.classes)
     binary = len(classes) == 2

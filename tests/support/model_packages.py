@@ -69,7 +69,7 @@ def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: 
                         members: int = 2, classes: Sequence[str] = ("benign", "malignant"),
                         seed: int | None = None, threshold: float | None = 0.5,
                         model_bytes: bytes | None = None, profile_images: np.ndarray | None = None,
-                        uncertainty_band: tuple[float, float] | None = None) -> Path:
+                        uncertainty_band: tuple[float, float] | None = None, stain: dict | None = None) -> Path:
     """Write ``repo/name/version`` atomically (temp folder, then rename) and return it.
 
     Args:
@@ -79,6 +79,7 @@ def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: 
         profile_images: reference images [N, size, size, 3]: write a profile.json built from
             them (and the model's predictions on them), as the export does.
         uncertainty_band: the manifest's band (None: none).
+        stain: a stain-normalisation reference (``StainReference.to_dict()``) for the manifest.
     """
     classes = tuple(classes)
     seed = version if seed is None else seed
@@ -105,7 +106,7 @@ def write_model_version(repo: Path, name: str = "tiny", version: int = 1, size: 
         name=name, version=version, image_size=size, classes=classes,
         members=tuple(f"member{m}" for m in range(members)), sha256=sha256_file(staging / MODEL_FILE),
         threshold=threshold if binary else None, positive_class=1 if binary else None,
-        source="tests.support.model_packages", extra={"opset": 17})
+        source="tests.support.model_packages", extra={"opset": 17}, stain=stain)
     manifest = dataclasses.replace(manifest, profile=profile, uncertainty_band=uncertainty_band)
     (staging / MANIFEST_FILE).write_text(manifest.to_json())
     os.rename(staging, final)
