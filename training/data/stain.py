@@ -61,6 +61,7 @@ def normalise_dataset(config, dataset, train_index: np.ndarray, run_dir: Path) -
     reference = load_run_reference(run_dir) if path.is_file() else None
     if reference is None or reference.method != method:
         reference = fit_for_run(config, dataset.images[train_index])
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(reference.to_dict(), indent=2) + "\n")
         tmp.replace(path)
