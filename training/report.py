@@ -252,6 +252,8 @@ def write_report(run_dir) -> tuple[Path, Path]:
     summary = dataset_summary(run_dir, predictions["classes"])
     drawn = draw_plots(run_dir, metrics, predictions)
     blocks = build_blocks(run_dir, metrics, summary, drawn)
+    from histoedge.training.saliency import saliency_blocks
+    blocks += saliency_blocks(run_dir)  # Grad-CAM maps; none when the members are not at hand
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     md_path.write_text(render_markdown(blocks, run_dir))
     html_path.write_text(render_html(blocks))
