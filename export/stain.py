@@ -55,6 +55,7 @@ ANGLE_PERCENTILE = 1.0
 CONCENTRATION_PERCENTILE = 99.0
 MIN_LAB_STD = 0.5
 FIT_PIXELS = 2_000_000    # pixels pooled from many images when fitting a reference
+ESTIMATE_PIXELS = 8192    # per tile, statistics are estimated on at most this many evenly strided pixels
 
 _GRAY = np.full(3, 1 / np.sqrt(3))
 # sRGB (D65) <-> CIE XYZ
@@ -71,9 +72,14 @@ class StainError(ValueError):
 
 # --- colour spaces ------------------------------------------------------------------
 
+_OD_TABLE = np.log(256.0 / (np.arange(256, dtype=np.float64) + 1.0))
+_LINEAR_TABLE = np.where(np.arange(256) / 255.0 > 0.04045, ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
+                         np.arange(256) / 255.0 / 12.92)
+
+
 def optical_density(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB [..., 3] -> optical density (Beer-Lambert), float64 in [0, log 256]."""
-    return np.log(256.0 / (rgb.astype(np.float64) + 1.0))
+    return _OD_TABLE[rgb]
 
 
 def rgb_from_od(od: np.ndarray) -> np.ndarray:
@@ -83,9 +89,8 @@ def rgb_from_od(od: np.ndarray) -> np.ndarray:
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB [..., 3] -> CIE L*a*b* (D65), float64."""
-    c = rgb.astype(np.float64) / 255.0
-    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    t = (linear @ _XYZ_FROM_RGB.T) / _WHITE
+    linear = _LINEAR_TABLE[rgb]
+    t = linear @ (_XYZ_FROM_RGB.T / _WHITE)
     f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
                      200 * (f[..., 1] - f[..., 2])], axis=-1)
@@ -109,18 +114,28 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 def _tissue_mask(od: np.ndarray) -> np.ndarray:
     # "some channel", not "every channel": a pale eosin absorbs almost no red light
-    return (od.max(axis=1) > OD_BETA) & (od.max(axis=1) < OD_MAX)
+    peak = np.maximum(np.maximum(od[:, 0], od[:, 1]), od[:, 2])
+    return (peak > OD_BETA) & (peak < OD_MAX)
 
 
-def _tissue(od: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """Tissue optical densities [K, 3] of flat pixels ``od`` [P, 3], or (None, why not)."""
+def _subsample(values: np.ndarray) -> np.ndarray:
+    return values[:: -(-len(values) // ESTIMATE_PIXELS)]
+
+
+def _tissue(od: np.ndarray, subsample: bool = True) -> tuple[np.ndarray | None, str | None]:
+    """Tissue optical densities [K, 3] of flat pixels ``od`` [P, 3], or (None, why not).
+
+    With ``subsample``, at most ``ESTIMATE_PIXELS`` evenly strided tissue pixels are returned:
+    enough for a 3x3 covariance and percentiles, and a bounded cost per tile.
+    """
     mask = _tissue_mask(od)
     count = int(mask.sum())
     if count < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * len(od)):
         return None, "background"
-    tissue = od[mask]
-    norms = np.linalg.norm(tissue, axis=1)
-    colour = np.linalg.norm(tissue - np.outer(tissue @ _GRAY, _GRAY), axis=1) / norms
+    tissue = _subsample(od[mask]) if subsample else od[mask]
+    norms = np.sqrt(np.einsum("ij,ij->i", tissue, tissue))
+    gray = tissue @ _GRAY
+    colour = np.sqrt(np.maximum(norms ** 2 - gray ** 2, 0.0)) / norms
     if float(np.median(colour)) < MIN_CHROMA:
         return None, "no colour"
     return tissue, None
@@ -238,8 +253,8 @@ class StainReference:
 
     def _reinhard(self, flat, od):
         lab = rgb_to_lab(flat)
-        mask = _tissue_mask(od)
-        mean, std = lab[mask].mean(axis=0), lab[mask].std(axis=0)
+        sample = _subsample(lab[_tissue_mask(od)])
+        mean, std = sample.mean(axis=0), sample.std(axis=0)
         if np.any(std < MIN_LAB_STD):
             return None, "no colour"
         return lab_to_rgb((lab - mean) / std * np.asarray(self.lab_std) + np.asarray(self.lab_mean)), None
@@ -315,7 +330,7 @@ def fit_reference(method: str, images: np.ndarray) -> StainReference:
     flat = images.reshape(-1, 3)
     flat = flat[:: max(1, len(flat) // FIT_PIXELS)]
     od = optical_density(flat)
-    tissue, reason = _tissue(od)
+    tissue, reason = _tissue(od, subsample=False)
     if tissue is None:
         raise StainError(f"cannot fit a {method} reference: the images hold {reason} "
                          "(too little stained tissue); name another reference image")
