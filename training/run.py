@@ -57,6 +57,9 @@ def check_resumable(run_dir: Path, config) -> None:
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text()) or {}
+    from histoedge.training.config import TrainConfig
+    for key, default in yaml.safe_load(TrainConfig().to_yaml()).items():
+        old.setdefault(key, default)  # a section added after the run was written held its defaults
     changed = _differences(old, yaml.safe_load(config.to_yaml()))
     if changed:
         raise RunError(f"{run_dir} holds a run with a different configuration ({'; '.join(changed[:3])}); "

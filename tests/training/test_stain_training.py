@@ -57,3 +57,17 @@ def test_the_preprocess_section_is_validated(tmp_path):
                            f"preprocess.reference_image={tmp_path / 'missing.png'}"])
     with pytest.raises(ConfigError, match="needs preprocess.stain_normalisation"):
         load_config(None, [f"preprocess.reference_image={__file__}"])
+
+
+def test_a_run_written_before_the_preprocess_section_still_resumes(tmp_path):
+    import yaml
+
+    from histoedge.training.errors import RunError
+    from histoedge.training.run import check_resumable
+
+    written = yaml.safe_load(load_config().to_yaml())
+    del written["preprocess"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    check_resumable(tmp_path, load_config())
+    with pytest.raises(RunError, match="preprocess.stain_normalisation"):
+        check_resumable(tmp_path, load_config(None, ["preprocess.stain_normalisation=reinhard"]))
