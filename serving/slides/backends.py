@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from histoedge import HistoedgeError
+from histoedge.export.stain import StainError, from_preprocessing
 from histoedge.export.manifest import (IMAGE, MANIFEST_FILE, MODEL_FILE, PROBABILITIES, FieldOfView, Manifest,
                                        ManifestError, version_folders)
 
@@ -125,6 +126,10 @@ class LocalBackend:
         if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256:
             raise HistoedgeError(f"{version_dir / MODEL_FILE} does not match the SHA-256 in its manifest")
         self.info = ModelInfo.from_manifest(manifest)
+        try:  # the stain normalisation the server would apply, so both paths see the same pixels
+            self.stain = from_preprocessing(manifest.preprocessing)
+        except StainError as error:
+            raise HistoedgeError(f"--model {version_dir}: {error}") from None
         self.session = create_session(model_bytes, ServerSettings(threads=threads, device=device))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="slide-infer")
 
@@ -133,6 +138,8 @@ class LocalBackend:
         return cls(resolve_version_dir(path), threads, workers, device)
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if self.stain is not None:
+            images = self.stain.normalise_batch(images)[0]
         return self.session.run([PROBABILITIES], {IMAGE: images})[0]
 
     def submit(self, images: np.ndarray) -> concurrent.futures.Future:

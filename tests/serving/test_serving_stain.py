@@ -74,3 +74,22 @@ def test_a_version_with_a_broken_stain_reference_does_not_load(tmp_path):
     (version_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="stain reference"):
         _load(version_dir, tmp_path)
+
+
+def test_slide_backend_in_process_normalises_like_the_server(tmp_path):
+    from histoedge.serving.slides.backends import LocalBackend
+
+    normal, shifted = he_tiles(4, size=SIZE, seed=3), he_tiles(4, size=SIZE, seed=3, stain_shift=1.0)
+    stain = fit_reference("macenko", normal)
+    version_dir = write_model_version(tmp_path, MODEL, 1, size=SIZE, stain=stain.to_dict())
+    model, _metrics = _load(version_dir, tmp_path)
+    local = LocalBackend(version_dir, threads=1)
+    try:
+        served = model.infer(InferenceRequest(MODEL, inputs=[Tensor(IMAGE, "UINT8", shifted)],
+                                              outputs=[PROBABILITIES])).outputs[0].data
+        in_process = local.run(shifted)
+    finally:
+        model.close()
+        local.close()
+    np.testing.assert_allclose(in_process, served, rtol=0, atol=1e-6)
+    assert not np.allclose(in_process, reference(version_dir, shifted)[PROBABILITIES], atol=1e-3)
