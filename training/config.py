@@ -197,22 +197,57 @@ class TrainingConfig(Section):
     label_smoothing: float = setting(0.0, low=0, high=1, high_open=True)
 
 
+THRESHOLD_RULES = ("patient_lower_bound", "validation_point")
+PATIENT_AGGREGATIONS = ("mean", "median", "max")
+
+
 @dataclass
 class EnsembleConfig(Section):
+    """How members are combined and where the binary decision threshold goes.
+
+    Args:
+        members: recipe names.
+        method: "stacking" or "soft_vote".
+        target_sensitivity: sensitivity the threshold must reach.
+        fit_vote_weights: soft vote only; False gives uniform weights.
+        threshold_rule: "patient_lower_bound" (the highest threshold whose patient-bootstrap lower
+            bound of validation sensitivity reaches the target: a margin that grows as validation
+            patients get fewer) or "validation_point" (the highest threshold whose validation
+            sensitivity itself reaches the target, the earlier rule).
+        threshold_confidence: one-sided level of that lower bound (0.9: the 10th percentile).
+        cv_folds: 0 (off) or K >= 2: fit the meta-learner on out-of-fold predictions from
+            patient-grouped K-fold training over train+validation (costs K more trainings of every
+            member).
+    """
+
     SECTION: ClassVar[str] = "ensemble"
     members: list[str] = field(default_factory=lambda: ["ldam", "class_weight", "oversample", "focal"])
     method: str = setting("stacking", choices=("stacking", "soft_vote"))
     target_sensitivity: float = setting(0.95, low=0, high=1, low_open=True, high_open=True)
     fit_vote_weights: bool = True
+    threshold_rule: str = setting("patient_lower_bound", choices=THRESHOLD_RULES)
+    threshold_confidence: float = setting(0.9, low=0.5, high=1, high_open=True)
+    cv_folds: int = setting(0, low=0, high=20)
 
     def check(self):
         self.require(len(self.members) >= 1, f"ensemble.members must list at least one recipe, got {self.members!r}")
+        self.require(self.cv_folds != 1, "ensemble.cv_folds must be 0 (off) or from 2 to 20, got 1")
 
 
 @dataclass
 class EvaluationConfig(Section):
+    """Scoring.
+
+    Args:
+        bootstrap: resamples for every confidence interval (0 = none); resampling is by patient
+            (cluster bootstrap) where patient ids are known, each image without one its own cluster.
+        patient_aggregation: how a patient's image probabilities become the patient's: "mean",
+            "median" or "max".
+    """
+
     SECTION: ClassVar[str] = "evaluation"
     bootstrap: int = setting(1000, low=0)
+    patient_aggregation: str = setting("mean", choices=PATIENT_AGGREGATIONS)
 
 
 @dataclass

@@ -22,7 +22,10 @@ def test_defaults_follow_the_seed():
     assert config.ensemble.members == ["ldam", "class_weight", "oversample", "focal"]
     assert config.ensemble.target_sensitivity == 0.95 and config.evaluation.bootstrap == 1000
     assert config.model.filters == [32, 64, 128, 256, 256]
-    assert config.augmentation.rotation == 20.0
+    assert config.augmentation.preset == "auto" and config.augmentation.rotation is None
+    assert config.augmentation.resolved("histology").rotation == 20.0
+    assert config.ensemble.threshold_rule == "patient_lower_bound" and config.ensemble.cv_folds == 0
+    assert config.evaluation.patient_aggregation == "mean"
 
 
 def test_precedence_yaml_then_set_then_cli(tmp_path):

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from histoedge.training.errors import DataError
 from histoedge.training.data.augment import AugmentConfig, augment_batch
+from histoedge.training.data.profile import resolve_augmentation
 
 
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
@@ -34,8 +35,9 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
         num_classes: C, the one-hot width.
         batch_size: images per batch.
         training: shuffle every epoch and augment; False keeps order and pixels untouched.
-        augment: augmentation strengths (default :class:`AugmentConfig` ()); only used
-            when ``training`` is True. Pass ``AugmentConfig.none()`` to shuffle only.
+        augment: augmentation strengths (default :class:`AugmentConfig` (), preset ``auto``:
+            chosen from ``images``); only used when ``training`` is True. Pass
+            ``AugmentConfig.none()`` to shuffle only.
         seed: seed of the shuffle order and of the augmentations.
 
     Returns:
@@ -55,7 +57,8 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
         raise DataError(f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
-    config = augment if augment is not None else AugmentConfig()
+    config = resolve_augmentation(augment if augment is not None else AugmentConfig(), images) \
+        if training else None
 
     def to_model_inputs(x, y):
         return tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32)

@@ -114,7 +114,8 @@ def test_stain_jitter_changes_colour_and_keeps_range():
 def test_augment_config_round_trip_and_validation():
     config = AugmentConfig(rotation=90.0, stain=0.1)
     assert AugmentConfig.from_config(config.get_config()) == config
-    assert AugmentConfig().get_config()["rotation"] == 20.0
+    assert AugmentConfig().get_config()["rotation"] is None  # taken from the preset
+    assert AugmentConfig().resolved().get_config()["rotation"] == 20.0
     with pytest.raises(DataError, match="unknown augmentation option"):
         AugmentConfig.from_config({"rotate": 3})
     with pytest.raises(DataError, match="zoom"):
