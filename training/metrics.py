@@ -159,31 +159,29 @@ def classification_metrics(y_true, probs, *, threshold: float | None = None, pos
 
 
 def bootstrap_intervals(y_true, probs, *, threshold: float | None = None, positive_class: int = 1,
-                        rounds: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals of the :data:`TABLE_METRICS`, resampling images.
+                        rounds: int = 1000, seed: int = 0, level: float = 0.95, clusters=None) -> dict:
+    """Percentile bootstrap intervals of the :data:`TABLE_METRICS`.
+
+    Args:
+        clusters: cluster (patient) per image, from :func:`~histoedge.training.bootstrap.cluster_ids`;
+            whole clusters are resampled.  None: every image is its own cluster (image bootstrap).
 
     Returns ``{metric: [low, high]}``; a metric undefined in every resample (e.g. an AUC with a
     single class present) gets ``None``.  Resamples where it is undefined are left out.
     """
+    from histoedge.training.bootstrap import cluster_resamples, percentile_interval
+
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if rounds <= 0:
         return {}
-    rng = np.random.default_rng(seed)
+    clusters = np.arange(len(y_true)) if clusters is None else np.asarray(clusters)
     samples = {name: [] for name in TABLE_METRICS}
-    for _ in range(rounds):
-        index = rng.integers(0, len(y_true), len(y_true))
+    for _, index in cluster_resamples(clusters, rounds, seed):
         values = _table_values(y_true[index], probs[index], threshold, positive_class)
         for name in TABLE_METRICS:
             samples[name].append(values[name])
-    alpha = (1 - level) / 2 * 100
-    intervals = {}
-    for name, values in samples.items():
-        values = np.asarray(values, dtype=np.float64)
-        values = values[~np.isnan(values)]
-        intervals[name] = (None if values.size == 0 else
-                           [float(np.percentile(values, alpha)), float(np.percentile(values, 100 - alpha))])
-    return intervals
+    return {name: percentile_interval(values, level) for name, values in samples.items()}
 
 
 def _table_values(y_true, probs, threshold, positive_class) -> dict:
@@ -192,8 +190,11 @@ def _table_values(y_true, probs, threshold, positive_class) -> dict:
 
 
 def evaluate(y_true, probs, *, threshold: float | None = None, positive_class: int = 1, classes=None,
-             bootstrap: int = 1000, seed: int = 0) -> dict:
+             bootstrap: int = 1000, seed: int = 0, clusters=None) -> dict:
     """:func:`classification_metrics` plus ``ci`` (95% percentile bootstrap intervals).
+
+    ``clusters`` (patient per image, see :func:`bootstrap_intervals`) makes the intervals resample
+    patients; ``bootstrap_unit`` records which.
 
     Example:
         >>> evaluate(y, p, threshold=0.3, bootstrap=200)["ci"]["roc_auc"]
@@ -202,6 +203,17 @@ def evaluate(y_true, probs, *, threshold: float | None = None, positive_class: i
     result = classification_metrics(y_true, probs, threshold=threshold, positive_class=positive_class,
                                      classes=classes)
     result["ci"] = bootstrap_intervals(y_true, probs, threshold=threshold, positive_class=positive_class,
-                                       rounds=bootstrap, seed=seed)
+                                       rounds=bootstrap, seed=seed, clusters=clusters)
     result["bootstrap_rounds"] = int(bootstrap)
+    single = clusters is None or len(np.unique(clusters)) == len(np.asarray(y_true))
+    result["bootstrap_unit"] = "image" if single else "patient"
     return result
+
+
+def macro_roc_auc(y_true, probs, positive_class: int = 1) -> float:
+    """Binary: ROC-AUC of P(positive); multi-class: macro one-vs-rest ROC-AUC (NaN if undefined)."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    if probs.shape[1] == 2:
+        return roc_auc(y_true == positive_class, probs[:, positive_class])
+    aucs = [roc_auc(y_true == c, probs[:, c]) for c in range(probs.shape[1])]
+    return math.nan if np.all(np.isnan(aucs)) else float(np.nanmean(aucs))

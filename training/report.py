@@ -145,12 +145,16 @@ def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tup
     classes = summary["classes"]
     blocks: list[tuple] = [("h", 1, f"histoedge run report: {run_dir.name}")]
     binary = len(classes) == 2
-    decision = (f"Decision threshold on P({classes[1]}) chosen on the validation split as the highest threshold "
-                f"with validation sensitivity >= {metrics.get('target_sensitivity')}: "
-                f"ensemble threshold {_fmt(metrics.get('threshold'))}."
-                if binary else "Multi-class: the predicted class is the arg-max of the probabilities.")
+    decision = (_threshold_text(metrics, classes) if binary
+                else "Multi-class: the predicted class is the arg-max of the probabilities.")
+    fit = metrics.get("ensemble_fit", "validation")
+    fitted = (f" The meta-learner is fitted on out-of-fold predictions ({fit.split('_')[2]} patient-grouped folds "
+              "over train+validation); the validation-fitted one is reported as ensemble_validation_fit."
+              if fit.startswith("cross_fitted") else "")
+    preset = metrics.get("augmentation_preset")
     blocks.append(("p", f"Method: {metrics.get('method')}; members: {', '.join(metrics.get('members', []))}; "
-                        f"classes: {', '.join(classes)}; image size {metrics.get('image_size')} px. {decision}"))
+                        f"classes: {', '.join(classes)}; image size {metrics.get('image_size')} px"
+                        + (f"; augmentation preset {preset}" if preset else "") + f". {decision}{fitted}"))
     blocks.append(("h", 2, "Dataset"))
     split_names = list(summary["per_split"])
     header = ["Class"] + split_names + ["total"]
@@ -170,8 +174,10 @@ def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tup
     rounds = next(iter(metrics["models"].values()))["test"].get("bootstrap_rounds", 0)
     where = ("at each model's validation-chosen threshold" if binary
              else "arg-max decisions, metrics macro-averaged over classes (AUCs one-vs-rest)")
+    unit = next(iter(metrics["models"].values()))["test"].get("bootstrap_unit", "image")
     blocks.append(("p", f"Test split, {where}; in brackets the 95% percentile bootstrap interval ({rounds} "
-                        "resamples of test images). ECE: 15 equal-width bins of arg-max confidence (resampling "
+                        f"resamples of test {unit}s{', all images of a drawn patient together' if unit == 'patient' else ''}"
+                        "). ECE: 15 equal-width bins of arg-max confidence (resampling "
                         "inflates ECE, so its interval can sit above the point estimate)."))
     blocks.append(("table", *_metrics_table(metrics["models"], "test")))
     if binary:
@@ -184,6 +190,9 @@ def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tup
         blocks.append(("table", ["Class", "Precision", "Recall", "Specificity", "F1", "ROC-AUC", "Support"],
                        [[c, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["specificity"]), _fmt(v["f1"]),
                          _fmt(v["roc_auc"]), str(v["support"])] for c, v in per_class.items()]))
+    blocks += _patient_blocks(metrics)
+    blocks += _operating_point_blocks(metrics)
+    blocks += _comparison_blocks(metrics)
     blocks.append(("h", 2, "ROC curves and calibration"))
     blocks.append(("img", drawn["roc"], "ROC curves on the test split"))
     blocks.append(("img", drawn["reliability"], "Reliability diagram on the test split"))
@@ -194,6 +203,70 @@ def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tup
     for name, path in drawn["history"].items():
         blocks.append(("img", path, f"Training curves: {name}"))
     return blocks
+
+
+def _threshold_text(metrics: dict, classes) -> str:
+    rule = metrics.get("threshold_rule") or {}
+    target, threshold = metrics.get("target_sensitivity"), _fmt(metrics.get("threshold"))
+    if rule.get("rule") == "patient_lower_bound":
+        return (f"Decision threshold on P({classes[1]}) chosen on the validation split as the highest threshold whose "
+                f"patient-bootstrap {100 * rule['confidence']:.0f}% lower bound of validation sensitivity reaches "
+                f"{target} ({rule.get('val_patients')} positive validation patients; lower bound "
+                f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, validation sensitivity "
+                f"{_fmt(rule.get('val_sensitivity'))}): ensemble threshold {threshold}.")
+    return (f"Decision threshold on P({classes[1]}) chosen on the validation split as the highest threshold "
+            f"with validation sensitivity >= {target}: ensemble threshold {threshold}.")
+
+
+def _patient_blocks(metrics: dict) -> list[tuple]:
+    models = {n: m for n, m in metrics["models"].items() if m.get("patient")}
+    if not models:
+        return []
+    first = next(iter(models.values()))["patient"]
+    names = ("roc_auc", "recall", "specificity", "accuracy", "recognition_rate")
+    header = ["Model", "Patients", "ROC-AUC", "Sensitivity", "Specificity", "Accuracy", "Recognition rate"]
+    rows = [[n, str(m["patient"]["n_patients"])] + [_fmt(m["patient"].get(k), m["patient"].get("ci", {}).get(k))
+                                                   for k in names] for n, m in models.items()]
+    return [("h", 2, "Patient-level test metrics"),
+            ("p", f"Each test patient's image probabilities aggregated by their {first['aggregation']}, then scored "
+                  "at the model's threshold; recognition rate (Spanhol et al. 2016): mean over patients of the "
+                  "fraction of their images classified correctly. In brackets the 95% interval from "
+                  f"{first.get('bootstrap_rounds', 0)} resamples of patients."),
+            ("table", header, rows)]
+
+
+def _operating_point_blocks(metrics: dict) -> list[tuple]:
+    point = metrics.get("operating_point")
+    if not point:
+        return []
+    verdict = "met" if point["target_met"] else "missed"
+    return [("h", 2, "Operating point (ensemble, test split)"),
+            ("table", ["", "Target", "Threshold", "Sensitivity", "Specificity"],
+             [["images", _fmt(point["target"]), _fmt(point["threshold"]),
+               _fmt(point["test_sensitivity"], point.get("test_sensitivity_ci")),
+               _fmt(point["test_specificity"], point.get("test_specificity_ci"))],
+              ["patients", _fmt(point["target"]), _fmt(point["threshold"]),
+               _fmt(point["patient_sensitivity"], point.get("patient_sensitivity_ci")),
+               _fmt(point["patient_specificity"], point.get("patient_specificity_ci"))]]),
+            ("p", f"Test sensitivity target {point['target']}: {verdict} on images (intervals resample patients).")]
+
+
+def _comparison_blocks(metrics: dict) -> list[tuple]:
+    comparisons = metrics.get("comparisons")
+    if not comparisons:
+        return []
+    selected, best = metrics["selected_member"], metrics["best_test_member"]
+    rows = []
+    for c in comparisons:
+        verdict = "better" if c["a_better"] else "worse" if c["b_better"] else "no significant difference"
+        interval = f"{c['ci'][0]:.3f} to {c['ci'][1]:.3f}" if c["ci"] else "n/a"
+        rows.append([c["model"], c["versus"], _fmt(c["difference"]), interval, verdict])
+    return [("h", 2, "The ensemble against its members"),
+            ("p", f"Fair baseline: {selected['name']}, the member with the highest validation ROC-AUC (what one "
+                  f"would have picked without an ensemble; test ROC-AUC {_fmt(selected['test_roc_auc'])}). Best member "
+                  f"on test: {best['name']} ({_fmt(best['test_roc_auc'])}). Below: test ROC-AUC difference, with a "
+                  "paired 95% interval from resampling test patients (both models scored on the same patients)."),
+            ("table", ["Model", "Versus", "ROC-AUC difference", "95% interval", "Verdict"], rows)]
 
 
 def render_markdown(blocks, run_dir) -> str:

@@ -7,9 +7,13 @@ The order of work keeps the test split honest:
 2. train each member on the train split (early stopping on the validation split) into
    ``RUN/members/<recipe>/``; a member whose ``DONE`` marker exists is loaded, not retrained, so an
    interrupted run resumes where it stopped;
-3. fit the meta-learner and choose each decision threshold on validation predictions only;
-4. predict the test split and score every member and the ensemble once, with bootstrap intervals;
-5. write ``metrics.json``, ``predictions.npz``, ``ensemble.json``, plots and the report.
+3. with ``ensemble.cv_folds`` = K, train every member K more times over train+validation
+   (patient-grouped folds, :mod:`~histoedge.training.crossfit`) for out-of-fold predictions;
+4. fit the meta-learner (on validation, or on the out-of-fold predictions) and choose each decision
+   threshold on validation predictions only (:mod:`~histoedge.training.thresholds`);
+5. predict the test split and score every member and the ensemble once, image- and patient-level,
+   with patient-bootstrap intervals, and compare the ensemble with each member on the same patients;
+6. write ``metrics.json``, ``predictions.npz``, ``ensemble.json``, plots and the report.
 
 Example:
     >>> metrics = train_run("data/synth", "runs/r1", load_config(epochs=8, image_size=64), ensemble=True)
@@ -27,15 +31,21 @@ import numpy as np
 import yaml
 
 from histoedge.export.ensemble_spec import ENSEMBLE_FILE
+from histoedge.training.bootstrap import cluster_ids, paired_difference
 from histoedge.training.errors import RunError
-from histoedge.training.ensemble import choose_threshold, fit_ensemble
-from histoedge.training.metrics import evaluate
+from histoedge.training.ensemble import fit_ensemble
+from histoedge.training.metrics import evaluate, macro_roc_auc
+from histoedge.training.patients import patient_metrics
+from histoedge.training.thresholds import select_threshold
 
 log = logging.getLogger(__name__)
 
 # Config keys that only change how finished members are combined or scored; a resumed run may change them.
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
-                   ("ensemble", "members"), ("evaluation", "bootstrap"), ("recipe",)}
+                   ("ensemble", "members"), ("ensemble", "threshold_rule"), ("ensemble", "threshold_confidence"),
+                   ("ensemble", "cv_folds"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
+                   ("recipe",)}
+THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
 _RUN_OUTPUTS = ("metrics.json", ENSEMBLE_FILE, "predictions.npz", "report.md", "report.html")
 
 
@@ -88,6 +98,22 @@ def resolve_splits(run_dir: Path, dataset, config) -> dict:
     return splits_from_rows(dataset, rows)
 
 
+def with_augmentation_preset(config, dataset):
+    """``config`` with its augmentation resolved: an ``auto`` preset is chosen from the dataset's colours.
+
+    The choice is logged in one line and, being part of the config, recorded in ``RUN/config.yaml``.
+    """
+    import copy
+
+    from histoedge.training.data.profile import resolve_augmentation
+
+    if config.augmentation.preset != "auto":
+        log.info("augmentation preset %s (set in the config)", config.augmentation.preset)
+    config = copy.deepcopy(config)
+    config.augmentation = resolve_augmentation(config.augmentation, dataset.images)
+    return config
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -99,16 +125,24 @@ def _predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def score_model(name, val_y, val_p, test_y, test_p, *, threshold, classes, rounds: int = 1000,
-                seed: int = 0) -> dict:
+                seed: int = 0, test_patients=None, aggregation: str = "mean") -> dict:
     """Validation and test metrics of one model at its threshold (and at 0.5 when binary).
 
-    Test metrics carry ``rounds`` bootstrap intervals; validation metrics have none.
+    Test metrics carry ``rounds`` bootstrap intervals that resample patients (``test_patients``,
+    one id or None per test image; None: images); ``patient`` holds the patient-level test
+    metrics (:func:`~histoedge.training.patients.patient_metrics`).  Validation metrics have no
+    intervals.
     """
+    clusters = cluster_ids(test_patients, len(test_y))
     result = {"name": name, "threshold": threshold,
               "val": evaluate(val_y, val_p, threshold=threshold, classes=classes, bootstrap=0),
-              "test": evaluate(test_y, test_p, threshold=threshold, classes=classes, bootstrap=rounds, seed=seed)}
+              "test": evaluate(test_y, test_p, threshold=threshold, classes=classes, bootstrap=rounds, seed=seed,
+                               clusters=clusters)}
     if len(classes) == 2:
-        result["test_at_0.5"] = evaluate(test_y, test_p, threshold=0.5, classes=classes, bootstrap=rounds, seed=seed)
+        result["test_at_0.5"] = evaluate(test_y, test_p, threshold=0.5, classes=classes, bootstrap=rounds, seed=seed,
+                                         clusters=clusters)
+    result["patient"] = patient_metrics(test_y, test_p, test_patients, threshold=threshold, aggregation=aggregation,
+                                        bootstrap=rounds, seed=seed)
     return result
 
 
@@ -161,7 +195,6 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir} exists and is not a folder")
-    check_resumable(run_dir, config)
     names = list(config.ensemble.members) if ensemble else [config.recipe]
     if not names or len(set(names)) != len(names):
         raise RunError(f"ensemble.members must list distinct recipes, got {names}")
@@ -170,6 +203,8 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
         get_recipe(name, config)
     dataset = load_dataset(data, image_size=config.data.image_size, label=config.data.label,
                            magnification=config.data.magnification)
+    config = with_augmentation_preset(config, dataset)
+    check_resumable(run_dir, config)
     splits = resolve_splits(run_dir, dataset, config)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -185,36 +220,123 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     binary = len(classes) == 2
     target = config.ensemble.target_sensitivity
     val_y, test_y = dataset.labels[splits["val"]], dataset.labels[splits["test"]]
+    patients = [r.patient for r in dataset.records]
+    val_patients = [patients[i] for i in splits["val"]]
+    test_patients = [patients[i] for i in splits["test"]]
     member_probs = train_members(names, config, dataset, splits, run_dir, verbose=verbose)
+
+    def threshold_for(val_p):
+        if not binary:
+            return None
+        return select_threshold(config.ensemble.threshold_rule, val_y, val_p[:, 1], target=target,
+                                patients=val_patients, confidence=config.ensemble.threshold_confidence,
+                                rounds=THRESHOLD_ROUNDS, seed=config.seed)
+
+    def score(name, val_p, test_p, choice):
+        return score_model(name, val_y, val_p, test_y, test_p, threshold=choice and choice["threshold"],
+                           classes=classes, rounds=config.evaluation.bootstrap, seed=config.seed,
+                           test_patients=test_patients, aggregation=config.evaluation.patient_aggregation)
 
     models = {}
     for name, (val_p, test_p, seconds) in member_probs.items():
-        threshold = choose_threshold(val_y, val_p[:, 1], target) if binary else None
-        models[name] = score_model(name, val_y, val_p, test_y, test_p, threshold=threshold, classes=classes,
-                                   rounds=config.evaluation.bootstrap, seed=config.seed)
+        models[name] = score(name, val_p, test_p, threshold_for(val_p))
         models[name]["train_seconds"] = None if seconds is None else round(seconds, 1)
         _atomic_write(run_dir / "members" / name / "metrics.json", json.dumps(models[name], indent=2) + "\n")
 
     method = config.ensemble.method if ensemble else "single"
-    combiner = fit_ensemble(method, members=names, val_probs=[member_probs[n][0] for n in names], val_labels=val_y,
-                            classes=classes, image_size=config.data.image_size, target_sensitivity=target,
-                            fit_weights=config.ensemble.fit_vote_weights)
-    ens_val = combiner.predict_proba([member_probs[n][0] for n in names])
-    ens_test = combiner.predict_proba([member_probs[n][1] for n in names])
-    models["ensemble"] = score_model("ensemble", val_y, ens_val, test_y, ens_test, threshold=combiner.threshold,
-                                     classes=classes, rounds=config.evaluation.bootstrap, seed=config.seed)
+    val_list, test_list = [member_probs[n][0] for n in names], [member_probs[n][1] for n in names]
+    combiners = {"ensemble": fit_ensemble(method, members=names, val_probs=val_list, val_labels=val_y,
+                                          classes=classes, image_size=config.data.image_size, target_sensitivity=target,
+                                          fit_weights=config.ensemble.fit_vote_weights)}
+    folds = config.ensemble.cv_folds if method != "single" else 0
+    if folds:
+        combiners["ensemble_validation_fit"] = combiners["ensemble"]
+        combiners["ensemble"] = _cross_fitted(names, method, config, dataset, splits, run_dir, verbose=verbose)
+    choices, val_out, test_out = {}, {}, {}
+    for key, combiner in combiners.items():
+        val_out[key], test_out[key] = combiner.predict_proba(val_list), combiner.predict_proba(test_list)
+        choices[key] = threshold_for(val_out[key])
+        combiner.threshold = choices[key] and choices[key]["threshold"]
+        models[key] = score(key, val_out[key], test_out[key], choices[key])
+    combiner = combiners["ensemble"]
 
     save_predictions(run_dir, classes=classes, members=names, val_labels=val_y, test_labels=test_y,
-                     val={**{n: p[0] for n, p in member_probs.items()}, "ensemble": ens_val},
-                     test={**{n: p[1] for n, p in member_probs.items()}, "ensemble": ens_test})
+                     val={**{n: p[0] for n, p in member_probs.items()}, **val_out},
+                     test={**{n: p[1] for n, p in member_probs.items()}, **test_out})
     combiner.save(run_dir / ENSEMBLE_FILE)
     metrics = {"data": str(Path(data).resolve()), "layout": getattr(dataset, "layout", None),
                "dataset": dataset_summary(run_dir, classes), "classes": classes, "method": method,
                "members": names, "image_size": config.data.image_size, "positive_class": combiner.positive_class,
-               "threshold": combiner.threshold, "target_sensitivity": target, "models": models}
+               "threshold": combiner.threshold, "target_sensitivity": target,
+               "augmentation_preset": config.augmentation.preset,
+               "threshold_rule": choices["ensemble"], "ensemble_fit": f"cross_fitted_{folds}_folds" if folds else
+               "validation", "patient_aggregation": config.evaluation.patient_aggregation, "models": models}
+    if method != "single":
+        metrics.update(judge_ensemble(models, names, test_y, test_out, {n: p[1] for n, p in member_probs.items()},
+                                      cluster_ids(test_patients, len(test_y)), config))
+    if binary:
+        metrics["operating_point"] = operating_point(models["ensemble"], choices["ensemble"])
     _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(run_dir)
     return metrics
+
+
+def _cross_fitted(names, method, config, dataset, splits, run_dir: Path, *, verbose: int):
+    """The meta-learner fitted on out-of-fold predictions over train+validation (never test)."""
+    from histoedge.training.crossfit import crossfit_folds, out_of_fold_predictions, write_summary
+
+    pool = np.union1d(splits["train"], splits["val"])
+    folds = crossfit_folds(dataset.labels, [r.patient for r in dataset.records], pool, config.ensemble.cv_folds,
+                           seed=config.seed)
+    write_summary(run_dir, folds, dataset)
+    oof = out_of_fold_predictions(names, config, dataset, pool, folds, run_dir, verbose=verbose)
+    np.savez_compressed(run_dir / "crossfit" / "oof.npz", index=pool, labels=dataset.labels[pool],
+                        **{f"probs__{n}": p for n, p in oof.items()})
+    return fit_ensemble(method, members=names, val_probs=[oof[n] for n in names], val_labels=dataset.labels[pool],
+                        classes=list(dataset.classes), image_size=config.data.image_size,
+                        target_sensitivity=config.ensemble.target_sensitivity,
+                        fit_weights=config.ensemble.fit_vote_weights)
+
+
+def judge_ensemble(models: dict, names, test_y, ensembles_test: dict, members_test: dict, clusters, config) -> dict:
+    """The ensemble against its members, fairly.
+
+    ``selected_member``: the member with the highest validation ROC-AUC, i.e. the one a user would
+    have picked without an ensemble (the fair baseline); ``best_test_member``: the best on test
+    (an optimistic baseline).  ``comparisons``: test ROC-AUC of each ensemble minus each member,
+    with a paired patient-bootstrap 95% interval (both scored on the same resampled patients).
+    """
+    def auc(split, name):
+        value = models[name][split].get("roc_auc")
+        return -np.inf if value is None else value
+
+    selected = max(names, key=lambda n: auc("val", n))
+    best = max(names, key=lambda n: auc("test", n))
+    comparisons = []
+    for key, probs in ensembles_test.items():
+        others = [*names, *(["ensemble_validation_fit"] if key == "ensemble" and len(ensembles_test) > 1 else [])]
+        for other in others:
+            other_probs = members_test.get(other, ensembles_test.get(other))
+            diff = paired_difference(macro_roc_auc, test_y, probs, other_probs, clusters,
+                                     rounds=config.evaluation.bootstrap, seed=config.seed)
+            comparisons.append({"model": key, "versus": other, "metric": "roc_auc", **diff})
+    return {"selected_member": {"name": selected, "rule": "highest validation ROC-AUC",
+                                "val_roc_auc": models[selected]["val"].get("roc_auc"),
+                                "test_roc_auc": models[selected]["test"].get("roc_auc")},
+            "best_test_member": {"name": best, "test_roc_auc": models[best]["test"].get("roc_auc")},
+            "comparisons": comparisons}
+
+
+def operating_point(model: dict, choice: dict) -> dict:
+    """Test sensitivity and specificity at the chosen threshold against the target, with intervals."""
+    test, patient = model["test"], model["patient"]
+    return {**choice,
+            "test_sensitivity": test["recall"], "test_sensitivity_ci": test["ci"].get("recall"),
+            "test_specificity": test["specificity"], "test_specificity_ci": test["ci"].get("specificity"),
+            "patient_sensitivity": patient["recall"], "patient_sensitivity_ci": patient["ci"].get("recall"),
+            "patient_specificity": patient["specificity"],
+            "patient_specificity_ci": patient["ci"].get("specificity"),
+            "target_met": test["recall"] is not None and test["recall"] >= choice["target"]}
 
 
 def format_summary(metrics: dict) -> str:
