@@ -342,14 +342,15 @@ def operating_point(model: dict, choice: dict) -> dict:
 def format_summary(metrics: dict) -> str:
     """A short plain-text table of the test metrics (at each model's chosen threshold)."""
     columns = ("accuracy", "recall", "specificity", "f1", "roc_auc", "pr_auc", "ece")
-    lines = [f"{'model':<14}{'thresh':>8}" + "".join(f"{c:>12}" for c in columns)]
+    width = max(14, *(len(name) + 2 for name in metrics["models"]))
+    lines = [f"{'model':<{width}}{'thresh':>8}" + "".join(f"{c:>12}" for c in columns)]
     for name, model in metrics["models"].items():
         if name == "ensemble" and metrics.get("method") == "single":
             continue  # the same model as the one member
         test = model["test"]
         threshold = "argmax" if model["threshold"] is None else f"{model['threshold']:.3f}"
         cells = "".join(f"{'n/a' if test[c] is None else format(test[c], '.3f'):>12}" for c in columns)
-        lines.append(f"{name:<14}{threshold:>8}{cells}")
+        lines.append(f"{name:<{width}}{threshold:>8}{cells}")
     return "\n".join(lines)
 
 
