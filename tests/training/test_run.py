@@ -53,6 +53,18 @@ def test_single_member_run_writes_the_whole_run_directory(image_folder, tmp_path
     assert len(test["ci"]["accuracy"]) == 2 and "test_at_0.5" in metrics["models"]["ensemble"]
     predictions = load_predictions(run)
     assert np.mean(predictions["val"]["ensemble"][predictions["val_labels"] == 1, 1] >= ensemble.threshold) >= 0.95
+    # the augmentation preset chosen from the data is recorded with every value it implies
+    augmentation = yaml.safe_load((run / "config.yaml").read_text())["augmentation"]
+    assert augmentation["preset"] in ("histology", "generic") and None not in augmentation.values()
+    assert metrics["augmentation_preset"] == augmentation["preset"]
+    # patient-level results: these images carry no patient id, so each image is its own patient
+    patient = metrics["models"][member]["patient"]
+    assert patient["n_patients"] == test["n"] and patient["aggregation"] == "mean"
+    assert 0 <= patient["recognition_rate"] <= 1 and len(patient["ci"]["recall"]) == 2
+    assert test["bootstrap_unit"] == "image"
+    assert metrics["threshold_rule"]["rule"] == "patient_lower_bound"
+    assert metrics["operating_point"]["threshold"] == pytest.approx(ensemble.threshold)
+    assert "comparisons" not in metrics  # a single model is not compared with itself
 
 
 def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_factory, tmp_path, monkeypatch):
@@ -82,6 +94,14 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert np.asarray(ensemble.stacking["coef"]).shape == (1, 4)
     np.testing.assert_allclose(ensemble.predict_proba([predictions["test"][m] for m in ensemble.members]),
                                predictions["test"]["ensemble"], atol=1e-6)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selected_member"]["name"] in ("class_weight", "focal")
+    assert [(c["model"], c["versus"]) for c in metrics["comparisons"]] == [("ensemble", "class_weight"),
+                                                                          ("ensemble", "focal")]
+    assert all(len(c["ci"]) == 2 and c["ci"][0] <= c["difference"] <= c["ci"][1] for c in metrics["comparisons"])
+    assert metrics["ensemble_fit"] == "validation"
+    report = (run / "report.md").read_text()
+    assert "Patient-level test metrics" in report and "The ensemble against its members" in report
 
     # Second run: both members are DONE, so nothing is retrained.
     import histoedge.training.trainer as trainer_module
