@@ -85,3 +85,25 @@ def test_too_few_patients_for_the_folds_is_a_clear_error():
     dataset = _dataset(n_patients=4)
     with pytest.raises(HistoedgeError, match="cv_folds"):
         crossfit_folds(dataset.labels, [r.patient for r in dataset.records], np.arange(20), k=5)
+
+
+def test_run_fits_the_cross_fitted_meta_learner_on_train_and_validation_only(tmp_path, monkeypatch):
+    import histoedge.training.run as run_module
+    import histoedge.training.trainer as trainer_module
+
+    dataset = _dataset()
+    splits = split_dataset(dataset, seed=0)
+    monkeypatch.setattr(trainer_module, "train_member",
+                        lambda recipe, config, train_data, val_data, classes, out_dir, verbose=1: _FakeModel(50))
+    fitted = []
+    real_fit = run_module.fit_ensemble
+    monkeypatch.setattr(run_module, "fit_ensemble", lambda method, **kw: fitted.append(kw) or real_fit(method, **kw))
+    config = load_config(overrides=["ensemble.cv_folds=2"])
+    ensemble = run_module._cross_fitted(["class_weight", "focal"], "stacking", config, dataset, splits, tmp_path,
+                                        verbose=0)
+    (call,) = fitted
+    n_pool = len(splits["train"]) + len(splits["val"])
+    assert len(call["val_labels"]) == n_pool and all(len(p) == n_pool for p in call["val_probs"])
+    with np.load(tmp_path / "crossfit" / "oof.npz") as oof:
+        assert not set(oof["index"].tolist()) & set(splits["test"].tolist())
+    assert ensemble.method == "stacking" and ensemble.members == ["class_weight", "focal"]
