@@ -75,8 +75,9 @@ def crossfit_folds(labels, patients, pool, k: int, seed: int = 0) -> list[Fold]:
     for index, (rest, held) in enumerate(_grouped_split(labels[pool], groups, k, seed)):
         inner = _grouped_split(labels[pool][rest], groups[rest], min(INNER_SPLITS, len(np.unique(groups[rest]))),
                                seed + 1 + index)
-        fit, stop = rest[inner[0][0]], rest[inner[0][1]]
-        fold = Fold(index, pool[fit], pool[stop], pool[held])
+        # the first inner fold whose early-stopping part has every class (small data may need a later one)
+        fit, stop = next(((f, s) for f, s in inner if len(np.unique(labels[pool][rest][s])) == n_classes), inner[0])
+        fold = Fold(index, pool[rest[fit]], pool[rest[stop]], pool[held])
         for part in ("fit", "stop", "held_out"):
             if len(np.unique(labels[getattr(fold, part)])) < n_classes:
                 raise RunError(f"cross-fitting fold {index}: its {part} part lacks a class; "

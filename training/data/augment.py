@@ -96,7 +96,7 @@ class AugmentConfig:
 
     def __post_init__(self):
         if self.preset not in PRESET_NAMES:
-            raise DataError(f"augmentation preset must be one of {', '.join(PRESET_NAMES)}, "
+            raise DataError(f"augmentation.preset must be one of {', '.join(PRESET_NAMES)}, "
                             f"got {self.preset!r}")
         for f in fields(self):
             value = getattr(self, f.name)
@@ -104,16 +104,16 @@ class AugmentConfig:
                 continue
             if f.name in ("horizontal_flip", "vertical_flip"):
                 if not isinstance(value, bool):
-                    raise DataError(f"augmentation {f.name} must be true or false, got {value!r}")
+                    raise DataError(f"augmentation.{f.name} must be true or false, got {value!r}")
             elif f.name == "fill_mode":
                 if value not in ("reflect", "nearest", "constant"):
-                    raise DataError(f"augmentation fill_mode {value!r} is not one of "
-                                    "reflect, nearest, constant")
+                    raise DataError(f"augmentation.fill_mode must be one of reflect, nearest, constant, "
+                                    f"got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise DataError(f"augmentation {f.name} must be a number >= 0, got {value!r}")
+                raise DataError(f"augmentation.{f.name} must be a number >= 0, got {value!r}")
         for name in ("zoom", "contrast", "stain"):
             if (getattr(self, name) or 0) >= 1:
-                raise DataError("augmentation zoom, contrast and stain must be below 1")
+                raise DataError(f"augmentation.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     @property
     def is_resolved(self) -> bool:
@@ -129,7 +129,7 @@ class AugmentConfig:
         """
         name = self.preset if self.preset != "auto" else (preset or FALLBACK_PRESET)
         if name not in PRESETS:
-            raise DataError(f"augmentation preset must be one of {', '.join(PRESETS)}, got {name!r}")
+            raise DataError(f"augmentation.preset must be one of {', '.join(PRESETS)}, got {name!r}")
         explicit = {k: v for k, v in asdict(self).items() if v is not None and k != "preset"}
         return AugmentConfig(preset=name, **{**PRESETS[name], **explicit})
 

@@ -82,7 +82,7 @@ def test_presets_and_explicit_keys_override_them():
     assert resolved.preset == "generic" and resolved.vertical_flip is True and resolved.stain == 0.05
     assert resolved.zoom == PRESETS["generic"]["zoom"] and resolved.horizontal_flip is False
     assert AugmentConfig(rotation=5.0).resolved("none").rotation == 5.0
-    with pytest.raises(DataError, match="preset must be one of auto, histology, generic, none"):
+    with pytest.raises(DataError, match="augmentation.preset must be one of auto, histology, generic, none"):
         load_config(overrides=["augmentation.preset=tissue"])
     with pytest.raises(DataError, match="true or false"):
         AugmentConfig(horizontal_flip=1)
