@@ -16,7 +16,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 
 from histoedge.training.bootstrap import cluster_ids, paired_difference
 from histoedge.training.metrics import evaluate, macro_roc_auc

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from histoedge.export.ensemble_spec import METHODS, EnsembleSpec
 from histoedge.export.errors import EnsembleSpecError
 from histoedge.training.errors import EnsembleError
+from histoedge.training.thresholds import point_threshold
 
 DEFAULT_STACKING_C = 1.0
 
@@ -55,16 +55,13 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def choose_threshold(y_true, positive_probs, target_sensitivity: float = 0.95, positive_class: int = 1) -> float:
     """Highest threshold t with sensitivity(P(positive) >= t) >= target on the given (validation) rows.
 
+    The ``validation_point`` rule of :mod:`histoedge.training.thresholds`; runs use the rule named
+    by ``ensemble.threshold_rule`` (by default one with a patient-bootstrap margin).
+
     Raises:
         EnsembleError: if there are no positive rows to measure sensitivity on.
     """
-    y_true = np.asarray(y_true)
-    scores = np.sort(np.asarray(positive_probs, dtype=np.float64)[y_true == positive_class])[::-1]
-    if scores.size == 0:
-        raise EnsembleError("cannot choose a threshold: the validation split has no positive images")
-    # The k-th highest positive score keeps exactly k positives at or above it.
-    needed = max(1, math.ceil(target_sensitivity * scores.size - 1e-9))
-    return float(scores[min(needed, scores.size) - 1])
+    return point_threshold(y_true, positive_probs, target_sensitivity, positive_class)
 
 
 @dataclass
