@@ -31,7 +31,7 @@ def cluster_ids(patients: Sequence | None, n: int | None = None) -> np.ndarray:
     ids: dict = {}
     out = np.empty(len(patients), dtype=np.int64)
     for i, patient in enumerate(patients):
-        key = ("patient", str(patient)) if patient not in (None, "") else ("image", i)
+        key = str(patient) if patient not in (None, "") else i  # an int key never equals a str id
         out[i] = ids.setdefault(key, len(ids))
     return out
 

@@ -194,7 +194,7 @@ def evaluate(y_true, probs, *, threshold: float | None = None, positive_class: i
     """:func:`classification_metrics` plus ``ci`` (95% percentile bootstrap intervals).
 
     ``clusters`` (patient per image, see :func:`bootstrap_intervals`) makes the intervals resample
-    patients; ``bootstrap_unit`` records which.
+    patients; ``bootstrap_unit`` records which ("images" or "patients").
 
     Example:
         >>> evaluate(y, p, threshold=0.3, bootstrap=200)["ci"]["roc_auc"]
@@ -206,7 +206,7 @@ def evaluate(y_true, probs, *, threshold: float | None = None, positive_class: i
                                        rounds=bootstrap, seed=seed, clusters=clusters)
     result["bootstrap_rounds"] = int(bootstrap)
     single = clusters is None or len(np.unique(clusters)) == len(np.asarray(y_true))
-    result["bootstrap_unit"] = "image" if single else "patient"
+    result["bootstrap_unit"] = "images" if single else "patients"
     return result
 
 

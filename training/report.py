@@ -174,9 +174,9 @@ def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tup
     rounds = next(iter(metrics["models"].values()))["test"].get("bootstrap_rounds", 0)
     where = ("at each model's validation-chosen threshold" if binary
              else "arg-max decisions, metrics macro-averaged over classes (AUCs one-vs-rest)")
-    unit = next(iter(metrics["models"].values()))["test"].get("bootstrap_unit", "image")
+    unit = next(iter(metrics["models"].values()))["test"].get("bootstrap_unit", "images")
     blocks.append(("p", f"Test split, {where}; in brackets the 95% percentile bootstrap interval ({rounds} "
-                        f"resamples of test {unit}s{', all images of a drawn patient together' if unit == 'patient' else ''}"
+                        f"resamples of test {unit}{', all images of a drawn patient together' if unit == 'patients' else ''}"
                         "). ECE: 15 equal-width bins of arg-max confidence (resampling "
                         "inflates ECE, so its interval can sit above the point estimate)."))
     blocks.append(("table", *_metrics_table(metrics["models"], "test")))

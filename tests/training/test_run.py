@@ -61,7 +61,7 @@ def test_single_member_run_writes_the_whole_run_directory(image_folder, tmp_path
     patient = metrics["models"][member]["patient"]
     assert patient["n_patients"] == test["n"] and patient["aggregation"] == "mean"
     assert 0 <= patient["recognition_rate"] <= 1 and len(patient["ci"]["recall"]) == 2
-    assert test["bootstrap_unit"] == "image"
+    assert test["bootstrap_unit"] == "images"
     assert metrics["threshold_rule"]["rule"] == "patient_lower_bound"
     assert metrics["operating_point"]["threshold"] == pytest.approx(ensemble.threshold)
     assert "comparisons" not in metrics  # a single model is not compared with itself
