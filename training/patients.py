@@ -21,9 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from histoedge.training.bootstrap import cluster_ids, cluster_resamples, percentile_interval
+from histoedge.training.config import PATIENT_AGGREGATIONS
 from histoedge.training.metrics import TABLE_METRICS, classification_metrics, predict_labels
 
-AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
+AGGREGATIONS = PATIENT_AGGREGATIONS  # "mean", "median", "max"
 PATIENT_METRICS = (*TABLE_METRICS, "recognition_rate")
 
 
@@ -43,11 +44,19 @@ def aggregate(probs, units, aggregation: str = "mean", n_units: int | None = Non
         raise ValueError(f"patient aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
     probs, units = np.asarray(probs, dtype=np.float64), np.asarray(units)
     n_units = int(units.max()) + 1 if n_units is None else n_units
-    reduce = AGGREGATIONS[aggregation]
-    if probs.shape[1] == 2:  # aggregate P(positive) only, so the threshold means the same as for images
-        p1 = np.array([reduce(probs[units == u, 1]) for u in range(n_units)])
-        return np.stack([1.0 - p1, p1], axis=1)
-    out = np.stack([reduce(probs[units == u], axis=0) for u in range(n_units)])
+    # binary: aggregate P(positive) only, so the threshold means the same as for images
+    columns = probs[:, 1:2] if probs.shape[1] == 2 else probs
+    if aggregation == "mean":
+        out = np.zeros((n_units, columns.shape[1]))
+        np.add.at(out, units, columns)
+        out /= np.bincount(units, minlength=n_units)[:, None]
+    elif aggregation == "max":
+        out = np.full((n_units, columns.shape[1]), -np.inf)
+        np.maximum.at(out, units, columns)
+    else:
+        out = np.stack([np.median(columns[units == u], axis=0) for u in range(n_units)])
+    if probs.shape[1] == 2:
+        return np.concatenate([1.0 - out, out], axis=1)
     return out / out.sum(axis=1, keepdims=True)
 
 
