@@ -223,6 +223,10 @@ def _patient_blocks(metrics: dict) -> list[tuple]:
     if not models:
         return []
     first = next(iter(models.values()))["patient"]
+    if all(m["patient"]["n_patients"] == m["test"]["n"] for m in models.values()):
+        return [("h", 2, "Patient-level test metrics"),
+                ("p", "The test images carry no patient ids (or one image each), so patient-level results equal "
+                      "the image-level ones above.")]
     names = ("roc_auc", "recall", "specificity", "accuracy", "recognition_rate")
     header = ["Model", "Patients", "ROC-AUC", "Sensitivity", "Specificity", "Accuracy", "Recognition rate"]
     rows = [[n, str(m["patient"]["n_patients"])] + [_fmt(m["patient"].get(k), m["patient"].get("ci", {}).get(k))
