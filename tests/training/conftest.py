@@ -54,10 +54,12 @@ def make_fake_run(run_dir: Path, classes=("benign", "malignant"), members=("a", 
     val = {m: probs(val_y, 1.5 + i) for i, m in enumerate(members)}
     test = {m: probs(test_y, 1.5 + i) for i, m in enumerate(members)}
     run_dir.mkdir(parents=True, exist_ok=True)
+    test_patients = [f"test-p{j % 5}" for j in range(n_test)]  # as in the splits.csv written below
     models = {}
     for i, m in enumerate(members):
         threshold = choose_threshold(val_y, val[m][:, 1]) if k == 2 else None
-        models[m] = score_model(m, val_y, val[m], test_y, test[m], threshold=threshold, classes=classes, rounds=50)
+        models[m] = score_model(m, val_y, val[m], test_y, test[m], threshold=threshold, classes=classes, rounds=50,
+                                test_patients=test_patients)
         member_dir = run_dir / "members" / m
         member_dir.mkdir(parents=True)
         with open(member_dir / "history.csv", "w", newline="") as handle:
@@ -71,7 +73,8 @@ def make_fake_run(run_dir: Path, classes=("benign", "malignant"), members=("a", 
     val["ensemble"] = ensemble.predict_proba([val[m] for m in members])
     test["ensemble"] = ensemble.predict_proba([test[m] for m in members])
     models["ensemble"] = score_model("ensemble", val_y, val["ensemble"], test_y, test["ensemble"],
-                                     threshold=ensemble.threshold, classes=classes, rounds=50)
+                                     threshold=ensemble.threshold, classes=classes, rounds=50,
+                                     test_patients=test_patients)
     save_predictions(run_dir, classes=classes, members=members, val_labels=val_y, test_labels=test_y,
                      val=val, test=test)
     ensemble.save(run_dir / "ensemble.json")

@@ -19,6 +19,8 @@ def test_report_has_table_and_embedded_images(tmp_path, fake_run):
             assert heading in text
         assert "ldam" in text and "focal" in text and "ensemble" in text
         assert "1 unreadable" in text and "patients" in text
+    # 5 test patients whose images carry both labels: a patient counts once per label
+    assert "Patient-level test metrics" in md and "Recognition rate" in md and "| ensemble | 10 |" in md
     # Intervals are printed as "value (low-high)".
     assert re.search(r"\d\.\d{3} \(\d\.\d{3}-\d\.\d{3}\)", md)
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
