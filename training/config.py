@@ -116,6 +116,15 @@ class CNNConfig(Section):
         max_norm: if set, a MaxNorm(max_norm) kernel constraint on every conv/dense kernel.
         global_pool: GlobalAveragePooling2D instead of Flatten before the head.
         activation: hidden activation.
+        backbone: "custom" (this CNN) or a Keras Applications backbone by name ("resnet50",
+            "efficientnetb0", "mobilenetv3small", "densenet121"; see
+            :mod:`training.models.backbones`). A backbone is followed by global average pooling
+            and the head above (``head_dropout``, ``dense_units``, the kernel regulariser and
+            ``max_norm`` apply to the head); ``filters`` and the other conv keys are then unused.
+        weights: backbone initialisation: None / "none" (random), a path to a weights file of
+            the backbone (``.h5`` or ``.weights.h5``, saved once on a machine with internet), or
+            "imagenet" (only if Keras's local cache already holds the file; nothing is ever
+            downloaded).
     """
 
     SECTION: ClassVar[str] = "model"
@@ -134,9 +143,21 @@ class CNNConfig(Section):
     max_norm: float | None = setting(None, low=0, low_open=True)
     global_pool: bool = False
     activation: str = setting("relu", choices=ACTIVATIONS)
+    backbone: str = "custom"
+    weights: str | None = None
 
     def check(self):
+        from histoedge.training.models.registry import list_backbones
+
         self.require(len(self.filters) >= 1, "model.filters must list at least one block")
+        names = list_backbones()
+        self.require(self.backbone in names,
+                     f"model.backbone must be {', '.join(names[:-1])} or {names[-1]}, got {self.backbone!r}")
+        if self.weights is not None and self.weights.strip().lower() in ("", "none", "null"):
+            self.weights = None
+        self.require(self.weights is None or self.backbone != "custom",
+                     "model.weights needs a pretrained backbone (model.backbone); the custom CNN "
+                     "always starts from random weights")
 
     def get_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,6 +209,38 @@ class ReduceOnPlateauConfig(Section):
 
 
 @dataclass
+class FineTuneConfig(Section):
+    """Two-phase fine-tuning of a backbone (``model.backbone`` other than "custom").
+
+    Phase 1 trains the head for ``head_epochs`` with the whole backbone frozen; phase 2 runs the
+    remaining ``training.epochs - head_epochs`` epochs with the top ``unfreeze_layers`` layers
+    of the backbone trainable at ``learning_rate_ratio`` times ``optimizer.learning_rate``.
+
+    Args:
+        head_epochs: length of phase 1 (0 skips it: the schedule starts unfrozen).
+        unfreeze_layers: N, the number of backbone layers (counted from the top, as in
+            ``backbone.layers``) trainable in phase 2; "all" unfreezes every layer; 0 keeps the
+            backbone frozen throughout (a linear probe).
+        learning_rate_ratio: phase-2 learning rate / phase-1 learning rate, in (0, 1].
+        freeze_batch_norm: keep the backbone's batch-norm layers frozen in inference mode (their
+            moving statistics fixed) in phase 2 too, as usual for pretrained weights. Set false
+            when training from random weights, where the statistics must be learnt.
+    """
+
+    SECTION: ClassVar[str] = "training.fine_tune"
+    head_epochs: int = setting(3, low=0)
+    unfreeze_layers: int | str = 30
+    learning_rate_ratio: float = setting(0.1, low=0, high=1, low_open=True)
+    freeze_batch_norm: bool = True
+
+    def check(self):
+        self.require(self.unfreeze_layers == "all"
+                     or (isinstance(self.unfreeze_layers, int) and self.unfreeze_layers >= 0),
+                     f"training.fine_tune.unfreeze_layers must be an integer >= 0 or all, "
+                     f"got {self.unfreeze_layers!r}")
+
+
+@dataclass
 class TrainingConfig(Section):
     SECTION: ClassVar[str] = "training"
     epochs: int = setting(30, low=1)
@@ -195,6 +248,7 @@ class TrainingConfig(Section):
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     reduce_on_plateau: ReduceOnPlateauConfig = field(default_factory=ReduceOnPlateauConfig)
     label_smoothing: float = setting(0.0, low=0, high=1, high_open=True)
+    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
 
 THRESHOLD_RULES = ("patient_lower_bound", "validation_point")

@@ -1,4 +1,6 @@
-"""Train one ensemble member from a recipe: imbalance strategy, CNN, loss, schedule, callbacks.
+"""Train one ensemble member from a recipe: imbalance strategy, model, loss, schedule, callbacks.
+
+A backbone model (``model.backbone``) trains in two phases (:mod:`training.finetune`).
 
 Example::
 
@@ -13,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import zlib
@@ -79,7 +82,8 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
     from histoedge.training.callbacks.plateau import ReduceLROnPlateau
     from histoedge.training.data.pipeline import make_tf_dataset
     from histoedge.training.imbalance import apply_imbalance, class_counts
-    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.finetune import plan_phases, set_trainable
+    from histoedge.training.models.backbones import build_model
     from histoedge.training.schedules import build_optimizer, build_schedule
 
     cfg = recipe.resolve(config)
@@ -107,41 +111,51 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
 
     loss = losses.get(recipe.loss, num_classes=num_classes, class_counts=counts.tolist(),
                       label_smoothing=cfg.training.label_smoothing)
-    model = build_cnn(cfg.model, num_classes, image_size)
+    model = build_model(cfg.model, num_classes, image_size)
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
-    schedule = build_schedule(cfg.optimizer, steps_per_epoch, epochs)
-    model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss,
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    callbacks, drw_epoch = [HistoryCSV(out_dir / "history.csv")], 0
-    plateau = None
-    if cfg.training.reduce_on_plateau.enabled:
-        rop = cfg.training.reduce_on_plateau
-        plateau = ReduceLROnPlateau(schedule, monitor=rop.monitor, factor=rop.factor,
-                                    patience=rop.patience, min_lr=rop.min_lr, verbose=int(verbose > 0))
-    if recipe.uses_drw:
-        drw_epoch = recipe.drw_start_epoch(epochs)
-        callbacks.append(DeferredReweighting(loss, counts, drw_epoch, beta=recipe.drw_beta,
-                                             reset=[plateau] if plateau else []))
-    if plateau is not None:
-        callbacks.append(plateau)
-    if cfg.training.early_stopping.enabled:
-        stop = cfg.training.early_stopping
-        # With DRW the loss changes at drw_epoch; only the re-weighted phase is compared, so the
-        # model always gets its re-weighting stage and "best" compares like with like.
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=stop.monitor, patience=stop.patience,
-            restore_best_weights=stop.restore_best_weights, start_from_epoch=drw_epoch,
-            verbose=int(verbose > 0)))
-
+    history = HistoryCSV(out_dir / "history.csv")
+    drw_epoch = recipe.drw_start_epoch(epochs) if recipe.uses_drw else 0
     train_ds = make_tf_dataset(x_train, y_train, num_classes, batch_size=batch_size, training=True,
                                augment=cfg.augmentation, seed=seed)
     val_ds = make_tf_dataset(x_val, y_val, num_classes, batch_size=batch_size, training=False,
                              augment=None, seed=seed)
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
-              callbacks=callbacks, shuffle=False, verbose=verbose)
+    backbone = cfg.model.backbone != "custom"
+    for phase in plan_phases(cfg, backbone=backbone):
+        unfrozen = set_trainable(model, phase, cfg.training.fine_tune)
+        if backbone:
+            log.info("member %s: phase %s, epochs %d-%d, learning rate x%g, %d backbone layers trainable",
+                     recipe.name, phase.name, phase.start + 1, phase.end, phase.lr_scale, len(unfrozen))
+        optimizer_config = dataclasses.replace(
+            cfg.optimizer, learning_rate=cfg.optimizer.learning_rate * phase.lr_scale)
+        # The schedule of each phase spans that phase only, so phase 2 starts at its own rate.
+        schedule = build_schedule(optimizer_config, steps_per_epoch, phase.epochs)
+        model.compile(optimizer=build_optimizer(optimizer_config, schedule), loss=loss,
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+        callbacks = [history]
+        plateau = None
+        if cfg.training.reduce_on_plateau.enabled:
+            rop = cfg.training.reduce_on_plateau
+            plateau = ReduceLROnPlateau(schedule, monitor=rop.monitor, factor=rop.factor,
+                                        patience=rop.patience, min_lr=rop.min_lr,
+                                        verbose=int(verbose > 0))
+        if recipe.uses_drw:
+            callbacks.append(DeferredReweighting(loss, counts, drw_epoch, beta=recipe.drw_beta,
+                                                 reset=[plateau] if plateau else []))
+        if plateau is not None:
+            callbacks.append(plateau)
+        if cfg.training.early_stopping.enabled:
+            stop = cfg.training.early_stopping
+            # With DRW the loss changes at drw_epoch; only the re-weighted phase is compared, so
+            # the model always gets its re-weighting stage and "best" compares like with like.
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor=stop.monitor, patience=stop.patience,
+                restore_best_weights=stop.restore_best_weights, start_from_epoch=drw_epoch,
+                verbose=int(verbose > 0)))
+        model.fit(train_ds, validation_data=val_ds, epochs=phase.end, initial_epoch=phase.start,
+                  class_weight=class_weight, callbacks=callbacks, shuffle=False, verbose=verbose)
     save_model(model, out_dir / "model.keras")
     return model
 

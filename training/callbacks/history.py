@@ -1,7 +1,8 @@
 """Write the training history to CSV after every epoch, with the learning rate in an ``lr`` column.
 
 Columns: epoch, loss, accuracy, val_loss, val_accuracy, lr, then any other logged values sorted.
-The file is rewritten each epoch, so an interrupted run still leaves a readable history.
+The file is rewritten each epoch, so an interrupted run still leaves a readable history. One
+instance records consecutive ``fit`` calls (``initial_epoch`` continuing where the last stopped).
 
 Example::
 
@@ -30,10 +31,10 @@ class HistoryCSV(keras.callbacks.Callback):
         self.path = Path(path)
         self.rows: list[dict[str, float]] = []
 
-    def on_train_begin(self, logs=None):
-        self.rows = []
-
     def on_epoch_end(self, epoch, logs=None):
+        # One instance may serve several fit() calls (two-phase fine-tuning continues at
+        # initial_epoch): a repeated epoch replaces the rows from there on.
+        self.rows = [row for row in self.rows if row["epoch"] <= epoch]
         logs = dict(logs or {})
         logs.pop("learning_rate", None)
         row = {"epoch": epoch + 1,
