@@ -6,10 +6,15 @@ quantises it with each candidate int8 setting, and times every variant side by s
 interleaved repetitions at batch 1, 16 and 64 with ``intra_op_num_threads=2``.
 With ``--run`` it also compares test ROC-AUC; otherwise it reports agreement with fp32.
 
+``--backbones`` instead times single models side by side: the seed CNN and each Keras
+Applications backbone (untrained, 224x224), fp32 and int8 (the export default, plus QOperator
+for the depthwise/squeeze-excitation backbones), and writes ``quantization_backbones.{json,md}``.
+
 Example::
 
     python bench/bench_quantization.py                    # untrained weights, 10-15 min on 2 busy cores
     python bench/bench_quantization.py --run runs/r1      # a trained ensemble
+    python bench/bench_quantization.py --backbones resnet50,efficientnetb0,mobilenetv3small,densenet121
 """
 
 from __future__ import annotations
@@ -106,7 +111,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--only", help="comma-separated candidate names to try")
+    parser.add_argument("--backbones", help="comma-separated backbones to time against the seed CNN "
+                                            "(single models; writes quantization_backbones.*)")
     args = parser.parse_args(argv)
+    if args.backbones:
+        from bench_backbone_speed import run_backbones  # noqa: PLC0415 - sibling script
+
+        return run_backbones(args, seed_cnn, machine)
 
     from histoedge.export.data import classification_metrics
     from histoedge.export.graph import build_ensemble_model
