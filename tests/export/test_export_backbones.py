@@ -56,16 +56,22 @@ def exported(backbone_run):
     return root / "models" / "backbones" / "1", manifest
 
 
-def test_config_file_recipes_train_as_ensemble_members(backbone_run):
-    root, metrics = backbone_run
+@pytest.fixture(scope="module")
+def keras_members(backbone_run):
+    root, _ = backbone_run
+    return {member: load_keras_model(root / "run" / "members" / member / "model.keras") for member in BACKBONES}
+
+
+def test_config_file_recipes_train_as_ensemble_members(backbone_run, keras_members):
+    _, metrics = backbone_run
     assert metrics["members"] == list(BACKBONES)
     for member, backbone in BACKBONES.items():
-        model = load_keras_model(root / "run" / "members" / member / "model.keras")
+        model = keras_members[member]
         assert model.get_layer("backbone").name == "backbone" and model.name == f"histoedge_{backbone}"
         assert 0.0 <= metrics["models"][member]["test"]["roc_auc"] <= 1.0
 
 
-def test_each_backbone_exports_with_parity_and_verifies(backbone_run, exported):
+def test_each_backbone_exports_with_parity_and_verifies(backbone_run, exported, keras_members):
     root, _ = backbone_run
     version_dir, manifest = exported
     assert manifest.members == tuple(BACKBONES)
@@ -76,7 +82,7 @@ def test_each_backbone_exports_with_parity_and_verifies(backbone_run, exported):
     images = np.random.default_rng(3).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     _, members = predict(make_session(version_dir / "model.onnx"), images)
     for index, member in enumerate(BACKBONES):
-        keras_probs = KerasMember(load_keras_model(root / "run" / "members" / member / "model.keras")).predict(images)
+        keras_probs = KerasMember(keras_members[member]).predict(images)
         assert np.abs(members[:, index] - keras_probs).max() <= 1e-4, member
     spec = EnsembleSpec.load(root / "run" / "ensemble.json")
     assert spec.method == "soft_vote" and spec.n_members == 4
