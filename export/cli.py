@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--run", help="training run directory (members/, ensemble.json, splits.csv)")
     source.add_argument("--keras", metavar="MODEL",
                         help="a Keras model: .keras or .h5 file, or a SavedModel directory")
+    source.add_argument("--student", action="store_true",
+                        help="with --run: export the run's distilled student (histoedge train --distill) "
+                             "instead of the ensemble")
     target = export.add_argument_group("where to write")
     target.add_argument("--repo", metavar="MODELS", help="model repository root (created if missing)")
     target.add_argument("--name", help="model name, the folder under MODELS")

@@ -39,6 +39,7 @@ from histoedge.serving.monitoring.profile import PROFILE_FILE, build_profile, fi
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "int8", "fp16")
+STUDENT = "student"  # RUN/student/, written by histoedge.training.distill (which imports TensorFlow)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,13 @@ class ExportSource:
 
 
 def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
-               options: ExportOptions | None = None) -> Manifest:
-    """Export the ensemble of a training run directory (see the shared brief's layout)."""
+               options: ExportOptions | None = None, *, student: bool = False) -> Manifest:
+    """Export the ensemble of a training run directory (see the shared brief's layout).
+
+    With ``student``, export the run's distilled student (``RUN/student/``, from
+    ``histoedge train --distill``) instead: a single-member model with the student's own
+    validation threshold and the same graph contract.
+    """
     options = options or ExportOptions()
     run_dir = Path(run_dir)
     spec_path = run_dir / ENSEMBLE_FILE
@@ -113,6 +119,9 @@ def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
     spec = EnsembleSpec.load(spec_path)
     writer = VersionWriter(repo, name, version)  # fail fast on an existing version
     paths = [run_dir / "members" / member / "model.keras" for member in spec.members]
+    if student:
+        spec, paths, spec_path = _student_spec(run_dir, spec), [run_dir / STUDENT / "model.keras"], \
+            run_dir / STUDENT / "metrics.json"
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ExportError(f"member models missing: {', '.join(missing)}")
@@ -150,6 +159,24 @@ def _run_reference(splits: Path, size: int, classes: tuple[str, ...], limit: int
     val, _ = data.split_images(splits, "val", size, classes)
     rows = [r for r in data.read_splits(splits) if r["split"] in ("train", "val")]
     return np.concatenate([train, val]), val, data.aspect_ratios([Path(r["path"]) for r in rows])
+
+
+def _student_spec(run_dir: Path, ensemble: EnsembleSpec) -> EnsembleSpec:
+    """The student as a single-member spec: the run's classes and size, the student's threshold."""
+    import json  # noqa: PLC0415
+
+    path = run_dir / STUDENT / "metrics.json"
+    if not path.is_file():
+        raise ExportError(f"{run_dir} has no distilled student ({path} is missing); "
+                          "train one with 'histoedge train --ensemble --distill'")
+    try:
+        threshold = json.loads(path.read_text())["threshold"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExportError(f"cannot read the student's threshold from {path}: {error}") from None
+    return EnsembleSpec(method="single", members=(STUDENT,), classes=ensemble.classes,
+                        image_size=ensemble.image_size, positive_class=ensemble.positive_class,
+                        threshold=None if threshold is None else float(threshold),
+                        target_sensitivity=ensemble.target_sensitivity)
 
 
 def export_keras(model_path: Path, classes: tuple[str, ...], repo: Path, name: str,
@@ -347,6 +374,8 @@ def _member_name(path: Path) -> str:
 
 def cli_export(args) -> int:
     """``histoedge export --run RUN ...`` or ``histoedge export --keras MODEL ...``."""
+    if getattr(args, "student", False) and not args.run:
+        raise ExportError("--student exports a training run's student: give --run RUN")
     if bool(args.run) == bool(args.keras):
         raise ExportError("give exactly one of --run RUN or --keras MODEL "
                           "(or use 'histoedge export verify DIR')")
@@ -356,7 +385,8 @@ def cli_export(args) -> int:
                             force=args.force, max_auc_drop=args.max_auc_drop, opset=args.opset,
                             mpp=getattr(args, "mpp", None))
     if args.run:
-        manifest = export_run(Path(args.run), Path(args.repo), args.name, args.version, options)
+        manifest = export_run(Path(args.run), Path(args.repo), args.name, args.version, options,
+                              student=getattr(args, "student", False))
     else:
         if not args.classes:
             raise ExportError("--keras needs --classes, e.g. --classes benign,malignant")

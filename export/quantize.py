@@ -109,8 +109,6 @@ def quantize_int8(model, calibration_images: np.ndarray, settings: Int8Settings 
     reader = ImageCalibrationReader(calibration_images, batch)
     # Softmax/Sigmoid outputs stay float so probabilities still sum to 1 exactly.
     float_ops = {"Softmax", "Sigmoid", *settings.float_op_types}
-    excluded = [n.name for n in model.graph.node
-                if n.name.startswith(META_PREFIX) or n.op_type in float_ops]
     with tempfile.TemporaryDirectory(prefix="histoedge-quant-") as tmp:
         source, prepared, target = (Path(tmp) / f for f in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         onnx.save_model(model, source)
@@ -119,6 +117,10 @@ def quantize_int8(model, calibration_images: np.ndarray, settings: Int8Settings 
         except Exception as error:  # symbolic shape inference fails on some graphs
             log.warning("quant_pre_process with symbolic shapes failed (%s); retrying without", error)
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # Named on the prepared graph: its optimiser renames the nodes it fuses (the stacking
+        # MatMul + Add become "ensemble/logits_raw/MatMulAddFusion"), so names taken from the
+        # source graph let the meta-learner's Gemm and its weights be quantised.
+        excluded = excluded_nodes(onnx.load_model(prepared), float_ops)
         q.quantize_static(
             str(prepared), str(target), reader,
             quant_format=getattr(q.QuantFormat, settings.quant_format),
@@ -131,6 +133,11 @@ def quantize_int8(model, calibration_images: np.ndarray, settings: Int8Settings 
         quantized = onnx.load_model(target)
     _copy_metadata(model, quantized)
     return quantized
+
+
+def excluded_nodes(model, float_ops) -> list[str]:
+    """Nodes kept in float: the meta-learner (``ensemble/...``) and the ``float_ops`` types."""
+    return [n.name for n in model.graph.node if n.name.startswith(META_PREFIX) or n.op_type in float_ops]
 
 
 def convert_fp16(member):

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config", help="YAML file with configuration overrides")
     train.add_argument("--ensemble", action="store_true",
                        help="train every ensemble member and the meta-learner")
+    train.add_argument("--distill", action="store_true",
+                       help="then train one student CNN on the ensemble's probabilities of the training "
+                            "split (config section 'distill'; exported with 'histoedge export --student')")
     for name, flag in CLI_FLAGS.items():
         default = "none" if flag.default is None else flag.default
         train.add_argument("--" + name.replace("_", "-"), type=flag.type, choices=flag.choices,

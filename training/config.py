@@ -305,6 +305,40 @@ class EvaluationConfig(Section):
 
 
 @dataclass
+class DistillConfig(Section):
+    """One student CNN trained on the ensemble's probabilities (``histoedge train --distill``).
+
+    The student sees the training split only, with the members' augmentation; its targets are
+    the ensemble's probabilities of those (un-augmented) images mixed with the hard labels
+    (see :class:`training.losses.distillation.DistillationLoss`). Validation, threshold and
+    test scoring are those of any member.
+
+    Args:
+        enabled: train the student after the ensemble.
+        temperature: softening temperature T of the soft term.
+        alpha: weight of the soft (ensemble) term; 1 - alpha weighs the hard labels.
+        filters, dense_units, global_pool, block_dropout: the student's architecture (the rest
+            of ``model`` is shared with the members). The defaults were the fastest on CPU
+            that kept the ensemble's ROC-AUC in ``bench/bench_student.py``.
+        epochs: student epochs (None: ``training.epochs``).
+    """
+
+    SECTION: ClassVar[str] = "distill"
+    enabled: bool = False
+    temperature: float = setting(2.0, low=0, low_open=True)
+    alpha: float = setting(0.9, low=0, high=1)
+    filters: list[int] = setting(factory=lambda: [16, 32, 64, 64], low=1, each=True)
+    dense_units: list[int] = setting(factory=lambda: [64], low=1, each=True)
+    global_pool: bool = True
+    block_dropout: list[float] = setting(factory=lambda: [0.0, 0.0, 0.2, 0.2], low=0, high=1,
+                                         high_open=True, each=True)
+    epochs: int | None = setting(None, low=1)
+
+    def check(self):
+        self.require(len(self.filters) >= 1, "distill.filters must list at least one block")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs. ``recipes`` holds user-defined recipes by name."""
 
@@ -319,6 +353,7 @@ class TrainConfig:
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

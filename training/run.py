@@ -46,11 +46,15 @@ _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), (
                    ("ensemble", "cv_folds"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
                    ("recipe",)}
 THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
+# Sections that only concern the distilled student: a finished run may gain (or retrain) one.
+_STUDENT_ONLY = {"distill"}
 _RUN_OUTPUTS = ("metrics.json", ENSEMBLE_FILE, "predictions.npz", "report.md", "report.html")
 
 
 
 def _differences(old, new, where=()) -> list[str]:
+    if where and where[0] in _STUDENT_ONLY:
+        return []
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new), key=str):
@@ -260,9 +264,18 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
         models[key] = score(key, val_out[key], test_out[key], choices[key])
     combiner = combiners["ensemble"]
 
+    extra_val, extra_test = {}, {}
+    if config.distill.enabled:
+        from histoedge.training.distill import STUDENT, distill_student
+        val_p, test_p, seconds = distill_student(config, dataset, splits, run_dir, combiner, names,
+                                                 val_out["ensemble"], verbose=verbose)
+        models[STUDENT] = {**score(STUDENT, val_p, test_p, threshold_for(val_p)), "train_seconds": seconds}
+        _atomic_write(run_dir / STUDENT / "metrics.json", json.dumps(models[STUDENT], indent=2) + "\n")
+        extra_val, extra_test = {STUDENT: val_p}, {STUDENT: test_p}
+
     save_predictions(run_dir, classes=classes, members=names, val_labels=val_y, test_labels=test_y,
-                     val={**{n: p[0] for n, p in member_probs.items()}, **val_out},
-                     test={**{n: p[1] for n, p in member_probs.items()}, **test_out})
+                     val={**{n: p[0] for n, p in member_probs.items()}, **val_out, **extra_val},
+                     test={**{n: p[1] for n, p in member_probs.items()}, **test_out, **extra_test})
     combiner.save(run_dir / ENSEMBLE_FILE)
     metrics = {"data": str(Path(data).resolve()), "layout": getattr(dataset, "layout", None),
                "dataset": dataset_summary(run_dir, classes), "classes": classes, "method": method,
@@ -358,7 +371,8 @@ def cli_train(args) -> int:
     """``histoedge train``: see ``histoedge train --help``."""
     from histoedge.training.config import CLI_FLAGS, load_config
 
-    config = load_config(args.config, args.overrides, **{name: getattr(args, name) for name in CLI_FLAGS})
+    overrides = [*(args.overrides or []), *(["distill.enabled=true"] if getattr(args, "distill", False) else [])]
+    config = load_config(args.config, overrides, **{name: getattr(args, name) for name in CLI_FLAGS})
     started = time.time()
     metrics = train_run(args.data, args.out, config, ensemble=args.ensemble, verbose=2 if args.quiet else 1)
     print(f"\nTest split ({metrics['dataset']['per_split'].get('test', {}).get('n', '?')} images), "

@@ -59,8 +59,14 @@ def test_int8_export_records_metrics_side_by_side(runs, tmp_path):
     assert settings == INT8_DEFAULT and settings.label() == "QDQ U8S8 per-channel MinMax"
     report = verify_version(tmp_path / "m" / "1")
     assert report.ok, report.summary()
-    ops = {n.op_type for n in __import__("onnx").load(tmp_path / "m" / "1" / "model.onnx").graph.node}
+    graph = __import__("onnx").load(tmp_path / "m" / "1" / "model.onnx").graph
+    ops = {n.op_type for n in graph.node}
     assert "QuantizeLinear" in ops or "QLinearConv" in ops
+    # The stacking meta-learner stays in float, even where pre-processing renamed its fused nodes.
+    meta = [n for n in graph.node if n.name.startswith("ensemble/") and n.op_type != "QuantizeLinear"
+            and not n.name.startswith("ensemble/image")]
+    assert any(n.op_type in ("Gemm", "MatMul") for n in meta)
+    assert not [n.name for n in meta if n.op_type in ("DequantizeLinear", "QLinearMatMul", "QGemm")]
 
 
 def test_int8_refused_when_auc_drops_too_much_unless_forced(runs, tmp_path):

@@ -22,6 +22,7 @@ from histoedge.training.config import ConfigError
 # name -> "module:class"; modules are imported on use so this package stays import-light
 _REGISTRY = {
     "crossentropy": "histoedge.training.losses.crossentropy:CrossEntropy",
+    "distillation": "histoedge.training.losses.distillation:DistillationLoss",
     "focal": "histoedge.training.losses.focal:FocalLoss",
     "ldam": "histoedge.training.losses.ldam:LDAMLoss",
     "seed_margin_bce": "histoedge.training.losses.seed_margin:SeedMarginBCE",
@@ -68,9 +69,9 @@ def get(name_or_config: str | dict[str, Any], *, num_classes: int | None = None,
                           f"valid: {', '.join(valid)}")
     if getattr(cls, "needs_class_counts", False) and config.get("class_counts") is None:
         config["class_counts"] = None if class_counts is None else [int(n) for n in class_counts]
-    if num_classes is not None and config.get("num_classes") is None:
+    if num_classes is not None and config.get("num_classes") is None and "num_classes" in params:
         config["num_classes"] = num_classes
-    if label_smoothing is not None and "label_smoothing" not in config:
+    if label_smoothing is not None and "label_smoothing" not in config and "label_smoothing" in params:
         config["label_smoothing"] = label_smoothing
     return cls(**config)
 
