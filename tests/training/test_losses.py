@@ -85,7 +85,7 @@ def test_ldam_is_larger_than_crossentropy_and_needs_counts():
 
 def test_registry_and_serialisation_round_trip():
     assert losses.names() == ["crossentropy", "distillation", "focal", "ldam", "seed_margin_bce"]
-    with pytest.raises(ConfigError, match="known losses: crossentropy, focal, ldam, seed_margin_bce"):
+    with pytest.raises(ConfigError, match="known losses: crossentropy, distillation, focal, ldam, seed_margin_bce"):
         losses.get("hinge")
     with pytest.raises(ConfigError, match="unknown key 'gama'"):
         losses.get({"name": "focal", "gama": 2})
