@@ -133,7 +133,8 @@ def main(argv=None) -> int:
               "profiles": {name: node_profile(b, image, args.threads, args.profile_runs) for name, b in models.items()},
               "ms": time_side_by_side(models, args.image_size, (1, 16), args.threads, args.rounds)}
     fp32_ms = report["ms"]["fp32"]
-    report["speedup_vs_fp32"] = {name: {b: round(fp32_ms[b] / ms[b], 2) for b in ms} for name, ms in report["ms"].items()}
+    report["speedup_vs_fp32"] = {name: {b: round(fp32_ms[b] / ms[b], 2) for b in ms}
+                                 for name, ms in report["ms"].items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for name, profile in report["profiles"].items():

@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     print(f"{'model':<30}{'params':>12}{'b1 img/s':>10}{'x ens':>7}{'b16 img/s':>11}{'x ens':>7}")
     for name, row in rows.items():
         print(f"{name:<30}{row['parameters'] or 0:>12,}{row['batch_1']['images_per_s']:>10}"
-              f"{row['batch_1']['x_ensemble']:>7}{row['batch_16']['images_per_s']:>11}{row['batch_16']['x_ensemble']:>7}")
+              f"{row['batch_1']['x_ensemble']:>7}{row['batch_16']['images_per_s']:>11}"
+              f"{row['batch_16']['x_ensemble']:>7}")
     return 0
 
 

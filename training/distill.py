@@ -135,7 +135,7 @@ def fit_student(config: TrainConfig, train, val, num_classes: int, out_dir: Path
 
 def distill_student(config: TrainConfig, dataset, splits, run_dir: Path, combiner, names, ensemble_val: np.ndarray,
                     *, verbose: int = 1) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Train (or load, when ``RUN/student/DONE`` records the same settings) the student.
+    """Train (or load, when ``RUN/student/DONE`` records the same settings and teacher) the student.
 
     Returns ``(val_probs, test_probs, train_seconds)``.
     """
@@ -146,7 +146,10 @@ def distill_student(config: TrainConfig, dataset, splits, run_dir: Path, combine
     settings = dataclasses.asdict(config.distill)
     batch = config.training.batch_size
     previous = json.loads(done.read_text()) if done.is_file() else {}
-    if previous.get("distill") == settings:
+    # Reuse only a student of the same settings and the same teacher (members retrained or a
+    # refitted meta-learner change the combiner's coefficients).
+    teacher_config = json.loads(json.dumps(combiner.get_config()))
+    if previous.get("distill") == settings and previous.get("teacher") == teacher_config:
         log.info("student: finished earlier, loading %s", out_dir / "model.keras")
         model = keras.models.load_model(out_dir / "model.keras", compile=False)
         seconds = previous.get("train_seconds")
@@ -161,7 +164,7 @@ def distill_student(config: TrainConfig, dataset, splits, run_dir: Path, combine
                             (dataset.images[val_idx], dataset.labels[val_idx], ensemble_val),
                             len(dataset.classes), out_dir, verbose=verbose)
         seconds = round(time.time() - started, 1)
-        done.write_text(json.dumps({"train_seconds": seconds, "distill": settings}) + "\n")
+        done.write_text(json.dumps({"train_seconds": seconds, "distill": settings, "teacher": teacher_config}) + "\n")
     predict = lambda idx: np.asarray(model.predict(dataset.images[idx].astype(np.float32), batch_size=batch,
                                                    verbose=0), np.float64)  # noqa: E731
     val_p, test_p = predict(splits["val"]), predict(splits["test"])
