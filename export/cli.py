@@ -58,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="microns per pixel of the training images, recorded in the manifest so "
                           "that slide tiles cover the same field of view (default: what the "
                           "dataset declares in histoedge-dataset.json, else unknown)")
+    how.add_argument("--sign", metavar="KEY", help="sign the manifest with this Ed25519 private key "
+                                                   "(from 'histoedge export keygen'); writes manifest.sig")
     keras = export.add_argument_group("--keras only")
     keras.add_argument("--classes", help="comma-separated class names in output order, "
                                          "e.g. benign,malignant")
@@ -71,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "model has a Rescaling layer, else 1/255, i.e. the model takes 0..1)")
     export.set_defaults(handler="histoedge.export.package:cli_export")
 
-    modes = export.add_subparsers(dest="export_command", metavar="verify")
+    modes = export.add_subparsers(dest="export_command", metavar="verify|keygen|sign")
     verify = modes.add_parser(
         "verify", help="check an exported version (checksum, load, test batch)",
         description="Check MODELS/NAME/VERSION: SHA-256 against the manifest, onnxruntime load, "
@@ -79,4 +81,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "must sum to 1. Exits non-zero on any mismatch.")
     verify.add_argument("path", metavar="DIR", help="version directory, e.g. models/breast/3")
     verify.add_argument("--batch-size", type=int, default=4, help="test batch size (default 4)")
+    verify.add_argument("--trusted-keys", metavar="DIR",
+                        help="also require manifest.sig made by a public key (*.pub) in DIR")
     verify.set_defaults(handler="histoedge.export.verify:cli_verify")
+
+    keygen = modes.add_parser(
+        "keygen", help="make an Ed25519 key pair for signing model packages",
+        description="Write DIR/NAME.key (private, mode 0600: keep it where you export, not on the "
+                    "edge box) and DIR/NAME.pub (copy it into the server's --trusted-keys folder).")
+    keygen.add_argument("--out", metavar="DIR", default=".", help="folder for the key files (default .)")
+    keygen.add_argument("--name", default="histoedge", help="file name stem (default histoedge)")
+    keygen.set_defaults(handler="histoedge.export.signing_cli:cli_keygen")
+
+    sign = modes.add_parser(
+        "sign", help="sign an already exported version (writes manifest.sig)",
+        description="Sign MODELS/NAME/VERSION/manifest.json with an Ed25519 private key.")
+    sign.add_argument("path", metavar="DIR", help="version directory, e.g. models/breast/3")
+    sign.add_argument("--key", required=True, help="private key file (from 'histoedge export keygen')")
+    sign.set_defaults(handler="histoedge.export.signing_cli:cli_sign")

@@ -22,3 +22,7 @@ class ManifestError(ExportError, ValueError):
 
 class EnsembleSpecError(ExportError, ValueError):
     """An ``ensemble.json`` that is missing, malformed, or whose fields do not fit each other."""
+
+
+class SignatureError(ExportError):
+    """A model package's signature is missing, malformed, made by an untrusted key, or wrong."""

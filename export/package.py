@@ -31,6 +31,7 @@ from histoedge.export.manifest import MODEL_FILE, MANIFEST_FILE, FieldOfView, Ma
 from histoedge.export.fov import field_of_view, run_field_of_view
 from histoedge.export.quantize import INT8_DEFAULT, Int8Settings, convert_fp16, quantize_int8
 from histoedge.export.repository import ExportError, VersionWriter
+from histoedge.export.signing import load_private_key, sign_version
 from histoedge.export.stain import StainError, StainReference, load_run_reference
 from histoedge.export.verify import make_session, measure_latency, predict
 from histoedge.serving.monitoring.features import image_features
@@ -61,6 +62,8 @@ class ExportOptions:
         uncertain_fraction: share of validation images inside the uncertainty band.
         mpp: microns per pixel of the training images (``--mpp``); None: what the
             dataset declares in ``histoedge-dataset.json``, if anything.
+        signing_key: an Ed25519 private key (``signing.load_private_key``); the version is
+            published with ``manifest.sig`` beside its manifest.
     """
 
     precision: str = "fp32"
@@ -75,6 +78,7 @@ class ExportOptions:
     profile_images: int = 1000
     uncertain_fraction: float = 0.1
     mpp: float | None = None
+    signing_key: Any = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -309,6 +313,8 @@ def _export(source: ExportSource, writer: VersionWriter, options: ExportOptions)
             "source_sha256": source.source_hashes, **source.notes, **extra})
         manifest = dataclasses.replace(manifest, profile=profile, uncertainty_band=band)
         writer.write_text(MANIFEST_FILE, manifest.to_json())
+        if options.signing_key is not None:
+            sign_version(writer.path, options.signing_key)
     log.info("exported %s (%s, %.1f MB)", writer.final_path, options.precision, len(model_bytes) / 1e6)
     return manifest
 
@@ -381,9 +387,10 @@ def cli_export(args) -> int:
                           "(or use 'histoedge export verify DIR')")
     if not args.repo or not args.name:
         raise ExportError("--repo and --name are required")
+    signing_key = load_private_key(Path(args.sign)) if args.sign else None  # fail before the work
     options = ExportOptions(precision=args.precision, calibration_images=args.calibration_images,
                             force=args.force, max_auc_drop=args.max_auc_drop, opset=args.opset,
-                            mpp=getattr(args, "mpp", None))
+                            mpp=getattr(args, "mpp", None), signing_key=signing_key)
     if args.run:
         manifest = export_run(Path(args.run), Path(args.repo), args.name, args.version, options,
                               student=getattr(args, "student", False))
@@ -395,7 +402,8 @@ def cli_export(args) -> int:
                                 data_dir=_path(args.data), calibration_dir=_path(args.calibration_dir),
                                 input_scale=args.input_scale, options=options)
     print(f"exported {Path(args.repo) / manifest.name / str(manifest.version)} "
-          f"({manifest.precision}, {len(manifest.members)} member(s), classes {','.join(manifest.classes)})")
+          f"({manifest.precision}, {len(manifest.members)} member(s), classes {','.join(manifest.classes)})"
+          + (", signed" if signing_key is not None else ""))
     fov = manifest.field_of_view
     print("  field of view: " + ("unknown (give --mpp to tile slides at the training resolution)"
                                  if fov is None else f"{fov.microns[1]:g} x {fov.microns[0]:g} um "

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histoedge.export import signing
+from histoedge.export.errors import SignatureError
 from histoedge.export.manifest import (IMAGE, MEMBER_PROBABILITIES, MODEL_FILE, PROBABILITIES, Manifest,
                                        ManifestError)
 from histoedge.export.repository import ExportError
@@ -92,12 +94,18 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_version(version_dir: Path, batch_size: int = 4, tolerance: float = 1e-3) -> VerifyReport:
-    """Run every check on ``version_dir``; never raises for a broken package, reports instead."""
+def verify_version(version_dir: Path, batch_size: int = 4, tolerance: float = 1e-3,
+                   trusted_keys: Path | None = None) -> VerifyReport:
+    """Run every check on ``version_dir``; never raises for a broken package, reports instead.
+
+    With ``trusted_keys`` (a folder of ``*.pub``) the package must be signed by one of them;
+    without, a signature that is present is reported but not checked.
+    """
     version_dir = Path(version_dir)
     report = VerifyReport(version_dir)
     if not (version_dir / MODEL_FILE).is_file():
         raise ExportError(f"{version_dir} has no {MODEL_FILE}")
+    _check_signature(report, version_dir, trusted_keys)
     try:
         manifest = Manifest.load(version_dir)
     except ManifestError as error:
@@ -140,6 +148,17 @@ def _check_profile(report: VerifyReport, manifest: Manifest, version_dir: Path) 
                                               f"features, {len(profile.checks)} checks")
     except ProfileError as error:
         report.add("reference profile", False, str(error))
+
+
+def _check_signature(report: VerifyReport, version_dir: Path, trusted_keys: Path | None) -> None:
+    if trusted_keys is not None:
+        try:
+            verified = signing.verify_signature(version_dir, signing.load_trusted_keys(trusted_keys))
+            report.add("signature", True, f"Ed25519, trusted key {verified.key_id}")
+        except SignatureError as error:
+            report.add("signature", False, str(error))
+    elif (version_dir / signing.SIGNATURE_FILE).is_file():
+        report.add("signature", True, f"{signing.SIGNATURE_FILE} present, not checked (give --trusted-keys)")
 
 
 def _check_tensors(report: VerifyReport, manifest: Manifest, session) -> None:
@@ -193,6 +212,7 @@ def _check_metadata(report: VerifyReport, manifest: Manifest, session) -> None:
 
 def cli_verify(args) -> int:
     """``histoedge export verify DIR``: print the checks, exit 1 if any failed."""
-    report = verify_version(Path(args.path), batch_size=args.batch_size)
+    trusted = Path(args.trusted_keys) if getattr(args, "trusted_keys", None) else None
+    report = verify_version(Path(args.path), batch_size=args.batch_size, trusted_keys=trusted)
     print(report.summary())
     return 0 if report.ok else 1

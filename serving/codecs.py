@@ -21,6 +21,9 @@ import numpy as np
 from histoedge.serving._proto import inference_pb2 as pb
 from histoedge.serving.errors import InvalidInputError
 from histoedge.serving.schema import Tensor
+from histoedge.serving.untrusted import client_text
+
+MAX_DIMENSIONS = 32  # numpy allows 64; no model input comes near either
 
 # datatype -> (numpy dtype, InferTensorContents field)
 DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
@@ -43,13 +46,16 @@ _LENGTH = struct.Struct("<I")
 
 def decode_input(tensor: "pb.ModelInferRequest.InferInputTensor", raw: bytes | None) -> Tensor:
     """Turn one request input (and its raw contents, if the request used them) into a Tensor."""
-    name, datatype = tensor.name, tensor.datatype
+    name, datatype = client_text(tensor.name), tensor.datatype
     if datatype not in DATATYPES:
         raise InvalidInputError(
-            f"input '{name}': unknown datatype '{datatype}' (known: {', '.join(DATATYPES)})")
+            f"input '{name}': unknown datatype '{client_text(datatype)}' (known: {', '.join(DATATYPES)})")
+    if len(tensor.shape) > MAX_DIMENSIONS:
+        raise InvalidInputError(
+            f"input '{name}': shape has {len(tensor.shape)} dimensions, more than {MAX_DIMENSIONS}")
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
-        raise InvalidInputError(f"input '{name}': shape {list(shape)} has a negative dimension")
+        raise InvalidInputError(f"input '{name}': shape {_shown(shape)} has a negative dimension")
     count = math.prod(shape)
     dtype, field = DATATYPES[datatype]
     if raw is not None:
@@ -61,7 +67,7 @@ def decode_input(tensor: "pb.ModelInferRequest.InferInputTensor", raw: bytes | N
         else:
             if len(raw) != count * dtype.itemsize:
                 raise InvalidInputError(
-                    f"input '{name}': raw contents hold {len(raw)} bytes but shape {list(shape)} "
+                    f"input '{name}': raw contents hold {len(raw)} bytes but shape {_shown(shape)} "
                     f"of {datatype} needs {count * dtype.itemsize}")
             data = np.frombuffer(raw, dtype=dtype)
     else:
@@ -70,14 +76,24 @@ def decode_input(tensor: "pb.ModelInferRequest.InferInputTensor", raw: bytes | N
         values = getattr(tensor.contents, field)
         if len(values) != count:
             raise InvalidInputError(
-                f"input '{name}': contents hold {len(values)} elements but shape {list(shape)} "
+                f"input '{name}': contents hold {len(values)} elements but shape {_shown(shape)} "
                 f"needs {count}")
         if datatype == "BYTES":
             data = np.empty(count, dtype=object)
             data[:] = [bytes(v) for v in values]
         else:
             data = _typed_array(name, values, dtype)
-    return Tensor(name, datatype, data.reshape(shape))
+    try:
+        data = data.reshape(shape)
+    except ValueError as error:  # an empty tensor can claim dimensions numpy cannot index
+        raise InvalidInputError(f"input '{name}': unusable shape {_shown(shape)}: {error}") from None
+    return Tensor(tensor.name, datatype, data)
+
+
+def _shown(shape: tuple[int, ...]) -> str:
+    """A shape for a message, shortened when a client sent dozens of dimensions."""
+    text = str(list(shape))
+    return text if len(text) <= 80 else text[:80] + "...]"
 
 
 def _typed_array(name: str, values, dtype: np.dtype) -> np.ndarray:

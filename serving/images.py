@@ -2,24 +2,70 @@
 
 The image size is read from the file header before any pixel is decoded, so a
 small file that claims a huge image (a decompression bomb) is refused without
-allocating it.  Formats whose header we do not parse are refused too.
+allocating it.  Formats whose header we do not parse are refused too.  A JPEG
+must end with its end-of-image marker and hold at least one bit of coded data
+per 8x8 block its header claims (libjpeg would otherwise fill a forged or cut
+frame with grey and return it as if it were whole); OpenCV already refuses cut
+PNG, TIFF and BMP files.  A :class:`DecodeBudget` bounds the memory that all
+decodes in flight may use together.
 
 Example::
 
-    batch = decode_images([png_bytes, jpeg_bytes], size=(64, 64), max_pixels=50_000_000)
+    batch = decode_images([png_bytes, jpeg_bytes], size=(64, 64), max_pixels=4_194_304)
 """
 
 from __future__ import annotations
 
 import struct
+import threading
+import time
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
 
 from histoedge.export.manifest import IMAGE_BYTES
-from histoedge.serving.errors import InvalidInputError
+from histoedge.serving.errors import InvalidInputError, QueueFullError
 
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = 2048 * 2048
+# Bytes one decoded pixel may cost while decoding: the 3-byte BGR frame plus
+# decoder working memory (a progressive JPEG keeps its coefficients, 2 bytes each).
+DECODE_BYTES_PER_PIXEL = 6
+
+
+class DecodeBudget:
+    """Bytes of decoding memory shared by every request; a decode waits for its share.
+
+    Args:
+        limit_bytes: what all decodes in flight may use together.
+        wait_s: longest wait for room before the request is refused (RESOURCE_EXHAUSTED).
+    """
+
+    def __init__(self, limit_bytes: int, wait_s: float = 5.0) -> None:
+        self.limit_bytes = int(limit_bytes)
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int):
+        nbytes = min(int(nbytes), self.limit_bytes)  # one image never waits for more than all
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.in_use + nbytes > self.limit_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueueFullError(
+                        "the server is decoding too many large images at once "
+                        "(--decode-memory-mb); retry later")
+                self._cond.wait(remaining)
+            self.in_use += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= nbytes
+                self._cond.notify_all()
 
 
 def image_dimensions(data: bytes) -> tuple[str, int, int]:
@@ -40,6 +86,11 @@ def image_dimensions(data: bytes) -> tuple[str, int, int]:
 
 
 def _jpeg_dimensions(data: bytes) -> tuple[int, int]:
+    return _jpeg_frame(data)[:2]
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int]:
+    """(width, height, SOF marker) from a JPEG's frame header."""
     offset = 2
     while offset + 4 <= len(data):
         if data[offset] != 0xFF:
@@ -57,7 +108,7 @@ def _jpeg_dimensions(data: bytes) -> tuple[int, int]:
             if offset + 9 > len(data):
                 break
             height, width = struct.unpack(">HH", data[offset + 5:offset + 9])
-            return width, height
+            return width, height, marker
         offset += 2 + length
     raise InvalidInputError("JPEG without a frame header (SOF)")
 
@@ -81,7 +132,22 @@ def _tiff_dimensions(data: bytes) -> tuple[int, int]:
     return found[256], found[257]
 
 
-def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+_ARITHMETIC_SOF = (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+
+
+def _check_jpeg_complete(data: bytes, width: int, height: int) -> None:
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise InvalidInputError("truncated JPEG (no end-of-image marker)")
+    marker = _jpeg_frame(data)[2]
+    blocks = -(-width // 8) * -(-height // 8)
+    # Huffman coding spends at least one bit per block on its DC coefficient.
+    if marker not in _ARITHMETIC_SOF and len(data) * 8 < blocks:
+        raise InvalidInputError(
+            f"truncated JPEG: {len(data)} bytes cannot hold a {width}x{height} image")
+
+
+def decode_image(data: bytes, size: tuple[int, int], max_pixels: int,
+                 budget: DecodeBudget | None = None) -> np.ndarray:
     """Decode one encoded image to RGB uint8 [H, W, 3] at ``size`` = (height, width)."""
     kind, width, height = image_dimensions(data)
     if width <= 0 or height <= 0:
@@ -90,23 +156,33 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
         raise InvalidInputError(
             f"{kind} image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{max_pixels} (server option --max-image-pixels)")
+    if kind == "JPEG":
+        _check_jpeg_complete(data, width, height)
+    if budget is None:
+        return _decode(data, kind, size, max_pixels)
+    with budget.reserve(width * height * DECODE_BYTES_PER_PIXEL):
+        return _decode(data, kind, size, max_pixels)
+
+
+def _decode(data: bytes, kind: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise InvalidInputError(f"could not decode the {kind} image (corrupt or truncated)")
     if image.shape[0] * image.shape[1] > max_pixels:  # header and body disagreed
         raise InvalidInputError(f"decoded image is over the limit of {max_pixels} pixels")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    # Resizing first keeps one full-size frame in memory; a channel swap commutes with it.
     if image.shape[:2] != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_images(items, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+def decode_images(items, size: tuple[int, int], max_pixels: int,
+                  budget: DecodeBudget | None = None) -> np.ndarray:
     """Decode a sequence of encoded images to uint8 [N, H, W, 3]; errors name the element index."""
     batch = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
     for index, data in enumerate(items):
         try:
-            batch[index] = decode_image(bytes(data), size, max_pixels)
+            batch[index] = decode_image(bytes(data), size, max_pixels, budget)
         except InvalidInputError as error:
             raise InvalidInputError(f"{IMAGE_BYTES}[{index}]: {error}") from None
     return batch

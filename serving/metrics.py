@@ -12,7 +12,19 @@ Example::
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import logging
+import socket
+import ssl
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.metrics import MetricWrapperBase
+
+from histoedge.serving.auth import TokenAuth
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -53,7 +65,46 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "histoedge_queue_depth", "requests waiting for a batch", labels, registry=registry)
 
-    def serve_http(self, host: str, port: int):
-        """Expose ``/metrics`` over HTTP; return the HTTP server (call ``shutdown()`` to stop)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def forget(self, model: str, version: int | str) -> None:
+        """Drop every series of one model version (unloaded, deleted or failed to load)."""
+        labels = {"model": model, "version": str(version)}
+        for metric in vars(self).values():
+            if isinstance(metric, MetricWrapperBase) and {"model", "version"} <= set(metric._labelnames):
+                metric.remove_by_labels(labels)
+
+    def serve_http(self, host: str, port: int, tls: ssl.SSLContext | None = None,
+                   auth: TokenAuth | None = None) -> WSGIServer:
+        """Expose ``/metrics`` over HTTP(S); return the server (call ``shutdown()`` to stop).
+
+        Args:
+            tls: serve HTTPS with this context (it decides whether client certificates are required).
+            auth: require ``Authorization: Bearer <token>`` (Prometheus: ``authorization.credentials_file``).
+        """
+        app = make_wsgi_app(self.registry)
+        if auth is not None:
+            app = _token_required(app, auth)
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+def _token_required(app, auth: TokenAuth):
+    def guarded(environ, start_response):
+        if not auth.allows(environ.get("HTTP_AUTHORIZATION")):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                ("WWW-Authenticate", 'Bearer realm="histoedge"')])
+            return [b"a bearer token is required\n"]
+        return app(environ, start_response)
+    return guarded

@@ -2,7 +2,7 @@
 
 Layout: ``MODELS/<name>/<version>/{model.onnx,manifest.json}``.  Only version
 folders count (:func:`histoedge.export.manifest.parse_version`); folders starting
-with "." are exports in progress.
+with "." are exports in progress; anything else is logged once and skipped.
 
 The registry loads every version it finds, serves the highest by default, and
 rescans on :meth:`ModelRegistry.refresh` (called by a polling thread and on
@@ -28,6 +28,7 @@ from typing import Callable
 from histoedge.export.manifest import MANIFEST_FILE, MODEL_FILE, parse_version, version_folders
 from histoedge.serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from histoedge.serving.runtime import ModelLoadError, ModelVersion
+from histoedge.serving.untrusted import client_text
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ModelRepository:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._skipped: set[Path] = set()
 
     def scan(self) -> dict[str, dict[int, Path]]:
         """Model name -> version -> folder, for every model folder with a version folder."""
@@ -47,9 +49,19 @@ class ModelRepository:
             if model_dir.name.startswith(".") or not model_dir.is_dir():
                 continue
             versions = version_folders(model_dir)
+            published = set(versions.values())
+            for folder in model_dir.iterdir():
+                if folder not in published and not folder.name.startswith(".") and folder.is_dir():
+                    self._skip(folder)
             if versions:  # a folder without versions is not a model (yet)
                 found[model_dir.name] = versions
         return found
+
+    def _skip(self, folder: Path) -> None:
+        if folder not in self._skipped:
+            self._skipped.add(folder)
+            log.warning("skipping %s/%s: not a version folder (a positive number in ASCII digits, "
+                        "no leading zeros)", client_text(folder.parent.name), client_text(folder.name))
 
 
 def _signature(path: Path) -> tuple:
@@ -111,13 +123,14 @@ class ModelRegistry:
             if name in self._known:
                 raise ModelNotReadyError(f"model '{name}' has no loadable version yet")
             raise ModelNotFoundError(
-                f"unknown model '{name}'; this server serves {', '.join(self._known) or 'no models'}")
+                f"unknown model '{client_text(name)}'; this server serves "
+                f"{', '.join(self._known) or 'no models'}")
         if not version:
             return loaded[max(loaded)]
         number = parse_version(version)
         if number not in loaded:
             raise ModelNotFoundError(
-                f"model '{name}' has no version '{version}'; loaded versions: "
+                f"model '{name}' has no version '{client_text(version)}'; loaded versions: "
                 f"{', '.join(map(str, sorted(loaded)))}")
         return loaded[number]
 

@@ -35,6 +35,7 @@ from histoedge.serving.monitoring.monitor import Monitoring, refuse_monitoring_o
 from histoedge.serving.monitoring.profile import ReferenceProfile, load_profile
 from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorMetadata
 from histoedge.serving.settings import ServerSettings
+from histoedge.serving.untrusted import client_text
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,12 @@ class ModelVersion:
 
     def __init__(self, manifest: Manifest, path: Path, session: ort.InferenceSession,
                  settings: ServerSettings, metrics: ServerMetrics, run_hook: RunHook | None = None,
-                 monitoring: Monitoring | None = None, profile: ReferenceProfile | None = None) -> None:
+                 monitoring: Monitoring | None = None, profile: ReferenceProfile | None = None,
+                 decode_budget: images.DecodeBudget | None = None) -> None:
         self.manifest = manifest
         self.monitoring = monitoring  # None: --no-monitoring
         self.profile = profile        # the package's reference profile, if it has one
+        self.decode_budget = decode_budget
         self.path = path
         self.session = session
         self.settings = settings
@@ -111,7 +114,8 @@ class ModelVersion:
 
     @classmethod
     def load(cls, path: Path, settings: ServerSettings, metrics: ServerMetrics,
-             run_hook: RunHook | None = None, monitoring: Monitoring | None = None) -> "ModelVersion":
+             run_hook: RunHook | None = None, monitoring: Monitoring | None = None,
+             decode_budget: images.DecodeBudget | None = None) -> "ModelVersion":
         """Verify, load and warm up ``path`` (``MODELS/<name>/<version>``); raise ModelLoadError."""
         try:
             manifest = Manifest.load(path)
@@ -130,7 +134,7 @@ class ModelVersion:
             raise
         except Exception as error:  # onnxruntime raises its own types for bad graphs
             raise ModelLoadError(f"onnxruntime cannot load {path / MODEL_FILE}: {error}") from error
-        model = cls(manifest, path, session, settings, metrics, run_hook, monitoring, profile)
+        model = cls(manifest, path, session, settings, metrics, run_hook, monitoring, profile, decode_budget)
         model._check_graph()
         model._warm_up()
         model.batcher.start()
@@ -201,8 +205,11 @@ class ModelVersion:
         if len(inputs) != 1:
             raise InvalidInputError(
                 f"expected exactly one input, '{IMAGE}' (UINT8 [N,{self._hw}]) or '{IMAGE_BYTES}' "
-                f"(BYTES [N]), got {len(inputs)}: {[t.name for t in inputs]}")
+                f"(BYTES [N]), got {len(inputs)}: {[client_text(t.name) for t in inputs[:4]]}")
         tensor = inputs[0]
+        if tensor.data.ndim and len(tensor.data) > self.settings.max_request_images:
+            raise InvalidInputError(f"{len(tensor.data)} images in one request, more than the server's "
+                                    f"limit of {self.settings.max_request_images} (--max-request-images)")
         if tensor.name == IMAGE:
             return self._check_pixels(tensor)
         if tensor.name == IMAGE_BYTES:
@@ -213,9 +220,9 @@ class ModelVersion:
             if tensor.data.size == 0:
                 raise InvalidInputError(f"input '{IMAGE_BYTES}' holds no images")
             return images.decode_images(tensor.data.reshape(-1), self.image_size,
-                                        self.settings.max_image_pixels)
+                                        self.settings.max_image_pixels, self.decode_budget)
         raise InvalidInputError(
-            f"unknown input '{tensor.name}'; model '{self.name}' takes '{IMAGE}' or '{IMAGE_BYTES}'")
+            f"unknown input '{client_text(tensor.name)}'; model '{self.name}' takes '{IMAGE}' or '{IMAGE_BYTES}'")
 
     def normalise(self, rows: np.ndarray) -> np.ndarray:
         """Stain-normalise uint8 [N, H, W, 3] rows as in training; tiles it cannot handle pass unchanged."""
@@ -260,7 +267,7 @@ class ModelVersion:
         known = [spec.name for spec in self.output_metadata()]
         unknown = [name for name in requested if name not in known]
         if unknown:
-            raise InvalidInputError(f"unknown output(s) {unknown}; model '{self.name}' has {known}")
+            raise InvalidInputError(f"unknown output(s) {[client_text(n) for n in unknown[:4]]}; model '{self.name}' has {known}")
         return list(requested) or known
 
     def _make_outputs(self, outputs: Outputs, names: list[str]) -> list[Tensor]:

@@ -16,9 +16,12 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import ssl
 import threading
+import time
 from concurrent import futures
 from functools import partial
 from pathlib import Path
@@ -30,8 +33,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from histoedge import HistoedgeError
+from histoedge.export.errors import ManifestError, SignatureError
+from histoedge.export.manifest import Manifest
 from histoedge.serving._proto import inference_pb2, inference_pb2_grpc, monitoring_pb2, monitoring_pb2_grpc
+from histoedge.serving.auth import TokenAuth
 from histoedge.serving.dataplane import DataPlane
+from histoedge.serving.drain import Drain
+from histoedge.serving.grpc_auth import TokenInterceptor
+from histoedge.serving.images import DecodeBudget
 from histoedge.serving.metrics import ServerMetrics
 from histoedge.serving.monitoring.monitor import Monitoring
 from histoedge.serving.monitoring.service import SERVICE_NAME as MONITORING_SERVICE
@@ -39,7 +48,7 @@ from histoedge.serving.monitoring.service import MonitoringServicer
 from histoedge.serving.repository import ModelRegistry, ModelRepository
 from histoedge.serving.rest import RestServer
 from histoedge.serving.runtime import ModelLoadError, ModelVersion, RunHook, select_providers
-from histoedge.serving.servicer import InferenceServicer
+from histoedge.serving.servicer import InferenceServicer, add_to_server
 from histoedge.serving.settings import ServerSettings
 from histoedge.serving.status import StatusReport
 
@@ -80,10 +89,20 @@ class InferenceServer:
         self.settings = settings
         self.metrics = ServerMetrics(registry if registry is not None else CollectorRegistry())
         self.monitoring = None if settings.no_monitoring else Monitoring(settings, self.metrics.registry)
-        loader = partial(ModelVersion.load, settings=settings, metrics=self.metrics, run_hook=run_hook,
-                         monitoring=self.monitoring)
-        self.models = ModelRegistry(ModelRepository(Path(settings.repo)), loader, self._update_health)
+        self.auth = TokenAuth.from_settings(settings)
+        self.trusted_keys = None
+        if settings.trusted_keys is not None:
+            from histoedge.export import signing  # noqa: PLC0415 - needs cryptography, only when asked
+            self.trusted_keys = signing.load_trusted_keys(settings.trusted_keys)
+            log.info("serving only versions signed by %d trusted key(s): %s", len(self.trusted_keys),
+                     ", ".join(self.trusted_keys))
+        self._load = partial(ModelVersion.load, settings=settings, metrics=self.metrics, run_hook=run_hook,
+                             monitoring=self.monitoring,
+                             decode_budget=DecodeBudget(settings.decode_memory_mb * 1024 * 1024))
+        self.models = ModelRegistry(ModelRepository(Path(settings.repo)), self._load_version,
+                                    self._update_health)
         self.dataplane = DataPlane(self.models, self.metrics)
+        self.drain = Drain()
         self.health = health.HealthServicer()
         self._grpc: grpc.Server | None = None
         self._metrics_http = None
@@ -98,36 +117,41 @@ class InferenceServer:
         size = settings.max_message_mb * 1024 * 1024
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
+            interceptors=[TokenInterceptor(self.auth)] if self.auth is not None else None,
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=settings.workers + settings.max_queue_size)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), self._grpc)
+        add_to_server(InferenceServicer(self.dataplane, self.drain), self._grpc)
         services = [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.monitoring is not None:
             monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
                 MonitoringServicer(self.monitoring), self._grpc)
             services.append(MONITORING_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(services, self._grpc, pool=_reflection_pool())
+        if not settings.no_reflection:
+            reflection.enable_server_reflection(services, self._grpc, pool=_reflection_pool())
         self._update_health()
         address = f"{settings.host}:{settings.port}"
         self.port = self._bind(address)
         if settings.metrics_port:
             try:
-                self._metrics_http = self.metrics.serve_http(settings.host, settings.metrics_port)
-            except OSError as error:
-                raise HistoedgeError(f"cannot serve metrics on port {settings.metrics_port}: {error}") from None
+                self._metrics_http = self.metrics.serve_http(
+                    settings.metrics_host, settings.metrics_port, tls=self._metrics_tls(), auth=self.auth)
+            except (OSError, ssl.SSLError) as error:
+                raise HistoedgeError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                                     f"{error}") from None
         if settings.http_port:
             status = StatusReport(self.dataplane, self.metrics, ports={
                 "grpc": self.port, "rest": settings.http_port, "metrics": settings.metrics_port})
             self._rest = RestServer(self.dataplane, self.metrics, settings, status).start()
             self.http_port = self._rest.port
         self._grpc.start()
-        log.info("listening on %s:%d for gRPC and on port %s for REST (%s); metrics on port %s", settings.host,
+        log.info("listening on %s:%d for gRPC and on port %s for REST (%s%s%s); metrics on %s", settings.host,
                  self.port, self.http_port or "off",
                  "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
-                 settings.metrics_port or "off")
+                 ", bearer token" if self.auth else "", "" if settings.no_reflection else ", reflection",
+                 f"{'https' if settings.metrics_tls else 'http'}://{settings.metrics_host}:{settings.metrics_port}"
+                 if settings.metrics_port else "off")
         self.models.refresh()
         self.models.start_watching(settings.poll_seconds)
         if not self.models.all_ready():
@@ -153,6 +177,43 @@ class InferenceServer:
             raise HistoedgeError(f"cannot listen on {address} (in use?)")
         return port
 
+    def _metrics_tls(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if not settings.metrics_tls:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca is not None:  # the same client certificates as gRPC
+            context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _load_version(self, path: Path) -> ModelVersion:
+        """Load one version (checking its signature with --trusted-keys); forget its metrics on failure."""
+        try:
+            if self.trusted_keys is None:
+                return self._load(path)
+            return self._load_signed(path)
+        except ModelLoadError:
+            self.metrics.forget(path.parent.name, path.name)
+            raise
+
+    def _load_signed(self, path: Path) -> ModelVersion:
+        from histoedge.export import signing  # noqa: PLC0415
+        try:
+            verified = signing.verify_signature(path, self.trusted_keys)
+            signed = Manifest.from_dict(json.loads(verified.manifest_bytes))
+        except (SignatureError, ManifestError, ValueError) as error:
+            raise ModelLoadError(f"refused: {error}") from None
+        model = self._load(path)
+        # The files could change between the check and the load: serve only what was signed.
+        if model.manifest != signed:
+            model.close()
+            raise ModelLoadError(f"refused: {path} changed while it was being loaded")
+        log.info("model %s version %s is signed by trusted key %s", model.name, model.version, verified.key_id)
+        return model
+
     def _update_health(self) -> None:
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         overall = serving if self.models.all_ready() else not_serving
@@ -161,8 +222,10 @@ class InferenceServer:
         for name in self.models.names():
             self.health.set(name, serving if self.models.ready(name) else not_serving)
         served = {(name, version) for name in self.models.names() for version in self.models.versions(name)}
-        for name, version in served | self._served:
-            self.metrics.model_ready.labels(model=name, version=str(version)).set((name, version) in served)
+        for name, version in self._served - served:  # unloaded: its series go too
+            self.metrics.forget(name, version)
+        for name, version in served:
+            self.metrics.model_ready.labels(model=name, version=str(version)).set(1)
         self._served = served
         if self.monitoring is not None:
             self.monitoring.retain(served)
@@ -172,15 +235,24 @@ class InferenceServer:
         self.models.rescan_soon()
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, unload models."""
+        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, unload models.
+
+        Inference calls are refused with UNAVAILABLE (retryable) while the ones inside
+        finish; gRPC's own stop comes after, as it would cancel calls not yet started.
+        """
         grace = self.settings.grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
         if self._rest is not None:
             self._rest.begin_stop()  # both transports drain at the same time
         if self._grpc is not None:
-            self._grpc.stop(grace).wait(grace + 1)
+            if not self.drain.close(grace):
+                log.warning("%d request(s) still running after %.1f s; cancelling them",
+                            self.drain.active, grace)
+            remaining = max(0.0, deadline - time.monotonic())
+            self._grpc.stop(remaining).wait(remaining + 1)
         if self._rest is not None:
-            self._rest.stop(grace)
+            self._rest.stop(max(0.0, deadline - time.monotonic()))
         self.models.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -3,6 +3,11 @@
 Errors become gRPC status codes in one place, :data:`STATUS_CODES`.  On a
 ``ModelStreamInfer`` stream an error answers only its own request (``error_message``,
 as Triton does) and the stream goes on.
+
+Unary requests arrive as bytes and are parsed here (:func:`method_handlers`):
+grpcio's own deserialization-failure path answers INTERNAL, logs a traceback
+and keeps about 18 KiB per failed request, which any client could repeat.  A
+message that does not parse is answered INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -15,17 +20,22 @@ import threading
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from histoedge.serving import codecs
 from histoedge.serving._proto import inference_pb2 as pb
 from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
 from histoedge.serving.dataplane import DataPlane
+from histoedge.serving.drain import Drain
 from histoedge.serving.errors import (CancelledError, DeadlineExceededError, InvalidInputError,
                             ModelNotFoundError, ModelNotReadyError, QueueFullError,
                             ServerClosingError, ServingError)
 from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelMetadata
+from histoedge.serving.untrusted import bounded_message
 
 log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
 
 _NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
 # Requests of one stream answered at the same time: enough to fill the batcher from one
@@ -52,24 +62,77 @@ def status_code(error: ServingError) -> grpc.StatusCode:
 
 
 def _rpc(method):
-    """Turn ServingErrors into their status code and anything else into INTERNAL."""
+    """Count the call for the drain; turn ServingErrors into their status code, anything else into INTERNAL.
+
+    Only ModelInfer is refused while the server drains; readiness and metadata calls still answer.
+    """
+    refuse_when_closing = method.__name__ == "ModelInfer"
+
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
-            return method(self, request, context)
+            with self.drain.request(refuse_when_closing):
+                return method(self, request, context)
         except ServingError as error:
             code = status_code(error)
-            log.warning("%s: %s: %s", method.__name__, code.name, error)
-            context.abort(code, str(error))
+            message = bounded_message(str(error))
+            log.warning("%s: %s: %s", method.__name__, code.name, message)
+            context.abort(code, message)
         except Exception as error:  # noqa: BLE001 - a request must never take the server down
-            log.error("%s: INTERNAL: %s: %s", method.__name__, type(error).__name__, error)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+            message = bounded_message(f"{type(error).__name__}: {error}")
+            log.exception("%s: INTERNAL: %s", method.__name__, message)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {message}")
     return wrapper
 
 
+def _parsing(behavior, deserializer):
+    """Wrap a unary handler that now receives bytes: parse them, or answer INVALID_ARGUMENT."""
+    @functools.wraps(behavior)
+    def parse_then_call(data: bytes, context):
+        try:
+            request = deserializer(data)
+        except (DecodeError, ValueError, TypeError, RecursionError) as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the request is not a valid protobuf message ({type(error).__name__})")
+        return behavior(request, context)
+    return parse_then_call
+
+
+class _Capture:
+    """Stands in for a grpc.Server to collect the generated method handlers."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers = handlers
+
+
+def method_handlers(servicer: "InferenceServicer") -> dict[str, grpc.RpcMethodHandler]:
+    """The generated handlers, with every unary request parsed in Python (see the module doc)."""
+    capture = _Capture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    handlers = {}
+    for name, handler in capture.handlers.items():
+        if handler.unary_unary is not None and handler.request_deserializer is not None:
+            handler = grpc.unary_unary_rpc_method_handler(
+                _parsing(handler.unary_unary, handler.request_deserializer),
+                request_deserializer=None, response_serializer=handler.response_serializer)
+        handlers[name] = handler
+    return handlers
+
+
+def add_to_server(servicer: "InferenceServicer", server: grpc.Server) -> None:
+    """Register ``servicer`` on ``server`` (instead of the generated ``add_..._to_server``)."""
+    handlers = method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, drain: Drain | None = None) -> None:
         self.dataplane = dataplane
+        self.drain = drain if drain is not None else Drain()
 
     @_rpc
     def ServerLive(self, request, context):

@@ -33,9 +33,14 @@ def bool_option(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _option(default: Any, convert: Callable[[str], Any], help: str, default_text: str | None = None) -> Any:
-    """A settings field; ``help`` and ``default_text`` become the generated flag's help."""
-    return field(default=default, metadata={"convert": convert, "help": help, "default_text": default_text})
+def _option(default: Any, convert: Callable[[str], Any], help: str, default_text: str | None = None,
+            secret: bool = False) -> Any:
+    """A settings field; ``help`` and ``default_text`` become the generated flag's help.
+
+    A ``secret`` field is left out of the settings' repr (and so out of logs).
+    """
+    return field(default=default, repr=not secret,
+                 metadata={"convert": convert, "help": help, "default_text": default_text})
 
 
 def _default_threads() -> int:
@@ -52,6 +57,10 @@ class ServerSettings:
     metrics_port: int = _option(8002, int, "Prometheus metrics HTTP port (0 disables)")
     http_port: int = _option(8000, int, "Open Inference Protocol REST, image upload and status page port "
                                         "(0 disables)")
+    metrics_host: str = _option("127.0.0.1", str, "address the metrics port listens on; 0.0.0.0 exposes it "
+                                                  "to the network (see SECURITY.md)")
+    metrics_tls: bool = _option(False, bool_option, "serve metrics over HTTPS with --tls-cert/--tls-key "
+                                                    "(and require client certificates with --tls-client-ca)")
     device: str = _option("auto", str, "execution providers: auto (TensorRT, CUDA, CPU as available)|cpu|cuda|tensorrt")
     max_batch_size: int = _option(16, int, "largest merged batch (1 disables batching)")
     max_queue_delay_ms: float = _option(2.0, float, "longest wait for a batch to fill")
@@ -62,7 +71,10 @@ class ServerSettings:
     threads: int | None = _option(None, int, "onnxruntime intra-op threads per session", "min(4, CPUs)")
     grpc_workers: int = _option(0, int, "gRPC handler threads; 0: max(8, 2 x max batch + 4)")
     max_message_mb: int = _option(64, int, "largest gRPC message or HTTP request body in MB")
-    max_image_pixels: int = _option(50_000_000, int, "largest encoded image accepted, in pixels")
+    max_image_pixels: int = _option(2048 * 2048, int, "largest encoded image accepted, in pixels",
+                                    "4194304 = 2048x2048")
+    max_request_images: int = _option(64, int, "most images (rows) in one request")
+    decode_memory_mb: int = _option(256, int, "memory all image decodes in flight may use together, in MB")
     poll_seconds: float = _option(5.0, float, "repository polling interval (0: only on SIGHUP)")
     grace_seconds: float = _option(10.0, float, "time for in-flight requests on SIGTERM")
     tls_cert: Path | None = _option(None, Path, "server certificate (PEM); enables TLS", "none")
@@ -76,6 +88,15 @@ class ServerSettings:
     drift_window_seconds: float = _option(900.0, float, "seconds covered by the time-based drift window")
     feedback_window: int = _option(1000, int, "labelled outcomes kept per model version for sensitivity etc.")
     prediction_memory: int = _option(10000, int, "recent predicted images remembered for feedback by request id")
+    auth_token_file: Path | None = _option(None, Path, "require 'authorization: Bearer TOKEN' metadata; "
+                                                       "the file holds one or more tokens, one a line", "none")
+    auth_token: str | None = _option(None, str, "the token itself (prefer the environment variable or the "
+                                                "file: a flag shows in the process list)", "none", secret=True)
+    auth_health: bool = _option(False, bool_option, "also require the token for health checks "
+                                                    "(default: probes stay open)")
+    no_reflection: bool = _option(False, bool_option, "turn gRPC server reflection off")
+    trusted_keys: Path | None = _option(None, Path, "serve only versions signed by a public key (*.pub) in "
+                                                    "this folder; refuse and log the others", "none")
 
     def __post_init__(self) -> None:
         if self.threads is None:
@@ -98,7 +119,8 @@ class ServerSettings:
         if self.batch_wait not in ("arriving", "full"):
             raise HistoedgeError(f"--batch-wait must be arriving or full, not {self.batch_wait!r}")
         for name in ("max_batch_size", "max_queue_size", "threads", "max_message_mb", "max_image_pixels",
-                     "drift_window_images", "feedback_window", "prediction_memory"):
+                     "drift_window_images", "feedback_window", "prediction_memory", "max_request_images",
+                     "decode_memory_mb"):
             if getattr(self, name) < 1:
                 raise HistoedgeError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("port", "metrics_port", "http_port"):
@@ -115,6 +137,12 @@ class ServerSettings:
             raise HistoedgeError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise HistoedgeError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.metrics_tls and self.tls_cert is None:
+            raise HistoedgeError("--metrics-tls needs --tls-cert and --tls-key")
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise HistoedgeError("give the token once: --auth-token-file or --auth-token, not both")
+        if self.auth_health and self.auth_token is None and self.auth_token_file is None:
+            raise HistoedgeError("--auth-health needs --auth-token-file or --auth-token")
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:

@@ -108,5 +108,8 @@ def test_sighup_style_rescan_and_removal(fresh_repo, start_server):
     wait_until(lambda: server.models.versions(MODEL) == (3,))
     with InferenceClient(f"127.0.0.1:{server.port}") as client:
         assert not client.model_ready(MODEL, "1") and client.model_ready(MODEL, "3")
+    # A removed version's series are dropped, not left at 0 (see test_hardening_metrics.py).
     assert server.metrics.registry.get_sample_value(
-        "histoedge_model_ready", {"model": MODEL, "version": "1"}) == 0
+        "histoedge_model_ready", {"model": MODEL, "version": "1"}) is None
+    assert server.metrics.registry.get_sample_value(
+        "histoedge_model_ready", {"model": MODEL, "version": "3"}) == 1
