@@ -44,7 +44,7 @@ BATCH_WAITS = ("arriving", "full")
 BatchObserver = Callable[[int, list[float], float], None]  # rows, queue waits, run seconds
 
 
-@dataclass
+@dataclass(eq=False)  # identity: deque.remove must not compare numpy arrays
 class _Pending:
     rows: np.ndarray
     deadline: float | None

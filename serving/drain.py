@@ -51,7 +51,7 @@ class Drain:
                 self._active -= 1
                 self._cond.notify_all()
 
-    def close(self, timeout: float, settle: float = 0.2) -> bool:
+    def close(self, timeout: float, settle: float = 0.5) -> bool:
         """Refuse new requests and wait for the running ones; True if all finished in ``timeout``.
 
         ``settle`` seconds of refusing come first, so calls already on their way are
