@@ -128,6 +128,9 @@ class ModelRegistry:
         if not version:
             return loaded[max(loaded)]
         number = parse_version(version)
+        if number is None:
+            raise InvalidInputError(
+                f"model version '{client_text(version)}' is not a version number (ASCII digits, at least 1)")
         if number not in loaded:
             raise ModelNotFoundError(
                 f"model '{name}' has no version '{client_text(version)}'; loaded versions: "
