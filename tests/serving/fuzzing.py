@@ -58,10 +58,10 @@ def _image_bytes(size: int):
 
 
 @st.composite
-def infer_requests(draw, size: int = 16) -> pb.ModelInferRequest:
+def infer_requests(draw, size: int = 16, model: str = "tiny") -> pb.ModelInferRequest:
     """A ModelInferRequest with hostile or near-valid values in every field."""
     request = pb.ModelInferRequest(
-        model_name=draw(st.one_of(st.just("tiny"), _text())),
+        model_name=draw(st.one_of(st.just(model), _text())),
         model_version=draw(st.one_of(st.just(""), _text())), id=draw(_text()))
     raw_mode = draw(st.sampled_from(["raw", "contents", "mixed", "none"]))
     for _ in range(draw(st.integers(0, 3))):
@@ -108,11 +108,12 @@ def valid_request(images: np.ndarray, model: str = "tiny") -> pb.ModelInferReque
 
 
 @st.composite
-def request_bytes(draw, size: int = 16) -> bytes:
+def request_bytes(draw, size: int = 16, model: str = "tiny") -> bytes:
     """Wire bytes: a valid request cut short, bit-flipped, spliced with noise, or pure noise."""
     from tests.serving.helpers import sample_images  # noqa: PLC0415
 
-    base = valid_request(sample_images(1, seed=draw(st.integers(0, 3)), size=size)).SerializeToString()
+    images = sample_images(1, seed=draw(st.integers(0, 3)), size=size)
+    base = valid_request(images, model).SerializeToString()
     kind = draw(st.sampled_from(["cut", "flip", "splice", "noise", "structured"]))
     if kind == "cut":
         return base[:draw(st.integers(0, len(base) - 1))]
@@ -127,4 +128,4 @@ def request_bytes(draw, size: int = 16) -> bytes:
         return base[:start] + draw(st.binary(max_size=64)) + base[start:]
     if kind == "noise":
         return draw(st.binary(max_size=512))
-    return draw(infer_requests(size)).SerializeToString()
+    return draw(infer_requests(size, model)).SerializeToString()
