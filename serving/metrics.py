@@ -88,14 +88,21 @@ class ServerMetrics:
             daemon_threads = True
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+            def handle_error(self, request, client_address) -> None:
+                log.debug("metrics request from %s failed", client_address[0], exc_info=True)
+
         server = make_server(host, port, app, Server, handler_class=_QuietHandler)
         if tls is not None:
-            server.socket = tls.wrap_socket(server.socket, server_side=True)
+            # The handshake runs in the request's own thread (on first read, with the
+            # handler's timeout), so a client that never speaks cannot stall the accept loop.
+            server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # seconds a client may take to send its request
+
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
         pass
 

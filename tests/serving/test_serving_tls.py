@@ -83,3 +83,23 @@ def test_rest_uses_the_same_certificates(repo, start_server, certs):
         http(url, context=anonymous, timeout=5)
     with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext on the TLS port
         http(url.replace("https:", "http:"), timeout=5)
+
+
+def test_metrics_over_https_with_client_certificates(repo, start_server, certs):
+    import socket
+    import ssl
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start_server(repo, tls_cert=certs / "server.pem", tls_key=certs / "server.key",
+                 tls_client_ca=certs / "ca.pem", metrics_port=port, metrics_tls=True)
+    url = f"https://127.0.0.1:{port}/metrics"
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with pytest.raises(OSError):  # no client certificate: the handshake fails
+        urllib.request.urlopen(url, timeout=5, context=context).read()
+    context.load_cert_chain(certs / "client.pem", certs / "client.key")
+    assert b"histoedge_model_ready" in urllib.request.urlopen(url, timeout=5, context=context).read()
+    with pytest.raises(OSError):  # and plain HTTP is not answered
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
