@@ -118,7 +118,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HISTOEDGE_HOST=0.0.0.0 \
     HISTOEDGE_PORT=8001 \
     HISTOEDGE_METRICS_PORT=8002 \
-    HISTOEDGE_HTTP_PORT=8000
+    HISTOEDGE_HTTP_PORT=8000 \
+    HISTOEDGE_METRICS_HOST=0.0.0.0
+# Inside the container the metrics port must listen beyond loopback to be published at all;
+# publish it only to the monitoring network (-p 127.0.0.1:8002:8002, or a firewall rule), or set
+# HISTOEDGE_METRICS_TLS / a bearer token (see SECURITY.md).
 # The model repository is mounted read-only here: docker run -v $PWD/models:/models:ro ...
 RUN install -d -m 0755 /models
 WORKDIR /home/histoedge
