@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import ssl
+import sys
 import threading
 import time
 from concurrent import futures
@@ -55,6 +57,7 @@ from histoedge.serving.status import StatusReport
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
+_RESPONSE_FLUSH_SECONDS = 0.2
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -234,11 +237,14 @@ class InferenceServer:
         """Rescan the repository soon (what SIGHUP does)."""
         self.models.rescan_soon()
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None, exiting: bool = False) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, unload models.
 
         Inference calls are refused with UNAVAILABLE (retryable) while the ones inside
-        finish; gRPC's own stop comes after, as it would cancel calls not yet started.
+        finish; gRPC's own stop comes after, as it cancels (CANCELLED) every call that
+        reached the transport but no handler yet.  ``exiting``: the process ends right
+        after, so gRPC's stop is skipped and such calls see the connection close
+        (UNAVAILABLE) instead.
         """
         grace = self.settings.grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
@@ -249,8 +255,11 @@ class InferenceServer:
             if not self.drain.close(grace):
                 log.warning("%d request(s) still running after %.1f s; cancelling them",
                             self.drain.active, grace)
-            remaining = max(0.0, deadline - time.monotonic())
-            self._grpc.stop(remaining).wait(remaining + 1)
+            if exiting:
+                time.sleep(_RESPONSE_FLUSH_SECONDS)  # answers already returned reach the socket
+            else:
+                remaining = max(0.0, deadline - time.monotonic())
+                self._grpc.stop(remaining).wait(remaining + 1)
         if self._rest is not None:
             self._rest.stop(max(0.0, deadline - time.monotonic()))
         self.models.close()
@@ -272,5 +281,11 @@ def cli_serve(args) -> int:
     while not stopping.wait(1.0):
         pass
     log.info("stopping: draining in-flight requests for up to %.1f s", server.settings.grace_seconds)
-    server.stop()
-    return 0
+    server.stop(exiting=True)
+    # Every request was answered or refused; ending the process here (not through gRPC's
+    # stop, nor the interpreter's teardown of the gRPC server, which cancels calls) lets
+    # calls still on their way see the connection close: UNAVAILABLE, never CANCELLED.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
