@@ -9,7 +9,9 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +50,24 @@ def _read(path: Path | None) -> bytes | None:
     return None if path is None else Path(path).read_bytes()
 
 
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+        grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = list(details.metadata or []) + [self.header]
+        return continuation(_CallDetails(details.method, details.timeout, metadata, details.credentials,
+                                         details.wait_for_ready, details.compression), request)
+
+
 class InferenceClient:
     """A connection to one server.
 
@@ -56,10 +76,12 @@ class InferenceClient:
         tls_ca: CA certificate (PEM file) that signed the server's certificate; enables TLS.
         tls_cert, tls_key: client certificate and key (PEM files) for mutual TLS.
         timeout: seconds allowed per call.
+        token: bearer token sent as ``authorization`` metadata with every call (servers
+            started with ``--auth-token-file``); the CLI reads ``HISTOEDGE_AUTH_TOKEN``.
     """
 
     def __init__(self, server: str, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None, timeout: float = 30.0) -> None:
+                 tls_key: str | Path | None = None, timeout: float = 30.0, token: str | None = None) -> None:
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
                    ("grpc.max_send_message_length", _MAX_MESSAGE)]
         if (tls_cert is None) != (tls_key is None):
@@ -74,6 +96,8 @@ class InferenceClient:
             except OSError as error:
                 raise HistoedgeError(f"cannot read TLS file: {error}") from error
             self.channel = grpc.secure_channel(server, credentials, options=options)
+        if token:
+            self.channel = grpc.intercept_channel(self.channel, _BearerToken(token.strip()))
         self.server = server
         self.timeout = timeout
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
@@ -231,7 +255,8 @@ def _rpc_failure(error: grpc.RpcError, server: str) -> HistoedgeError:
 def cli_classify(args) -> int:
     """``histoedge classify``: exit 0 if every image was classified, 1 if some could not be."""
     try:
-        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout) as client:
+        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout,
+                             token=os.environ.get("HISTOEDGE_AUTH_TOKEN")) as client:
             predictions = client.classify_paths(args.paths, args.model or "", args.model_version,
                                                 args.batch_size)
     except grpc.RpcError as error:
@@ -272,7 +297,8 @@ def cli_feedback(args) -> int:
 def cli_health(args) -> int:
     """``histoedge health``: exit 0 only when the server reports SERVING."""
     try:
-        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout) as client:
+        with InferenceClient(args.server, args.tls_ca, args.tls_cert, args.tls_key, args.timeout,
+                             token=os.environ.get("HISTOEDGE_AUTH_TOKEN")) as client:
             status = client.health(args.service)
     except grpc.RpcError as error:
         print(f"histoedge health: {args.server}: {error.code().name}: {error.details()}", file=sys.stderr)

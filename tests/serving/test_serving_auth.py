@@ -108,3 +108,30 @@ def test_metrics_listen_on_loopback_by_default(repo, start_server):
     assert server._metrics_http.server_address[0] == "127.0.0.1"  # gRPC on every interface, metrics not
     assert b"histoedge_model_ready" in urllib.request.urlopen(
         f"http://127.0.0.1:{server.settings.metrics_port}/metrics", timeout=5).read()
+
+
+def test_client_and_cli_send_the_token(repo, start_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from histoedge.serving.client import InferenceClient
+
+    server = start_server(repo, auth_token=TOKEN, auth_health=True)
+    address = f"127.0.0.1:{server.port}"
+    with InferenceClient(address, token=TOKEN) as client:
+        assert client.health() == "SERVING"
+        assert len(client.classify_arrays(sample_images(2), "tiny")) == 2
+    with InferenceClient(address) as client, pytest.raises(grpc.RpcError) as caught:
+        client.classify_arrays(sample_images(1), "tiny")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    histoedge = str(Path(sys.executable).parent / "histoedge")
+    env = dict(os.environ, HISTOEDGE_AUTH_TOKEN=TOKEN)
+    done = subprocess.run([histoedge, "health", "--server", address], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "SERVING" in done.stdout
+    env["HISTOEDGE_AUTH_TOKEN"] = OTHER
+    done = subprocess.run([histoedge, "health", "--server", address], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0
