@@ -136,8 +136,11 @@ _ARITHMETIC_SOF = (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 
 
 def _check_jpeg_complete(data: bytes, width: int, height: int) -> None:
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise InvalidInputError("truncated JPEG (no end-of-image marker)")
+    # Coded data never holds FF D9 (a data FF is followed by 00), so an end marker after the
+    # first scan header means the file was not cut; bytes after it (some cameras add them) are fine.
+    scan = data.find(b"\xff\xda")
+    if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+        raise InvalidInputError("truncated JPEG (no end-of-image marker after its scan)")
     marker = _jpeg_frame(data)[2]
     blocks = -(-width // 8) * -(-height // 8)
     # Huffman coding spends at least one bit per block on its DC coefficient.

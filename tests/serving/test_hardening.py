@@ -219,6 +219,7 @@ def test_jpeg_with_forged_frame_or_cut_short_is_refused():
     with pytest.raises(images.InvalidInputError, match="truncated"):
         images.decode_image(whole[:-200], (SIZE, SIZE), images.DEFAULT_MAX_PIXELS)
     assert images.decode_image(whole + b"\x00\x00", (SIZE, SIZE), 10_000).shape == (SIZE, SIZE, 3)
+    assert images.decode_image(whole + b"trailer", (SIZE, SIZE), 10_000).shape == (SIZE, SIZE, 3)
 
 
 def test_decode_budget_bounds_decodes_in_flight():

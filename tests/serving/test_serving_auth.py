@@ -135,3 +135,15 @@ def test_client_and_cli_send_the_token(repo, start_server, tmp_path):
     done = subprocess.run([histoedge, "health", "--server", address], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"metrics_tls": True}, "--metrics-tls needs --tls-cert"),
+    ({"auth_token": TOKEN, "auth_token_file": "t"}, "not both"),
+    ({"auth_health": True}, "--auth-health needs"),
+    ({"max_request_images": 0}, "--max-request-images must be at least 1"),
+    ({"decode_memory_mb": 0}, "--decode-memory-mb must be at least 1"),
+])
+def test_new_settings_are_validated(options, words):
+    with pytest.raises(HistoedgeError, match=words):
+        ServerSettings(**options)
