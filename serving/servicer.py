@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -80,7 +81,9 @@ def _rpc(method):
             context.abort(code, message)
         except Exception as error:  # noqa: BLE001 - a request must never take the server down
             message = bounded_message(f"{type(error).__name__}: {error}")
-            log.exception("%s: INTERNAL: %s", method.__name__, message)
+            # Where it was raised, but no traceback: its text could carry client input unescaped.
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            log.error("%s: INTERNAL: %s (at %s:%d)", method.__name__, message, where.filename, where.lineno)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {message}")
     return wrapper
 
