@@ -25,7 +25,8 @@ from histoedge import HistoedgeError
 
 SCHEME = "bearer"
 MIN_TOKEN_LENGTH = 16
-HEALTH_SERVICE = "grpc.health.v1.Health"
+# Health checks: the gRPC health service, and the Open Inference Protocol's REST health paths.
+HEALTH_PREFIXES = ("/grpc.health.v1.Health/", "/v2/health/")
 
 
 class TokenAuth:
@@ -72,8 +73,13 @@ class TokenAuth:
         return allowed
 
     def exempt(self, method: str) -> bool:
-        """True if the RPC or path ``method`` (e.g. ``/grpc.health.v1.Health/Check``) needs no token."""
-        return self.exempt_health and method.lstrip("/").startswith(HEALTH_SERVICE + "/")
+        """True if the RPC or HTTP path ``method`` needs no token.
+
+        Health checks (``/grpc.health.v1.Health/Check``, ``/v2/health/ready``) are exempt
+        unless the server was started with ``--auth-health``.
+        """
+        path = "/" + method.lstrip("/")
+        return self.exempt_health and path.startswith(HEALTH_PREFIXES)
 
 
 def read_token_file(path: Path) -> list[str]:

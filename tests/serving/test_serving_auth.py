@@ -28,6 +28,7 @@ def test_token_auth_rules(tmp_path):
     for header in (None, "", TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x", "Bearer "):
         assert not auth.allows(header), header
     assert auth.exempt("/grpc.health.v1.Health/Check") and not auth.exempt(MODEL_INFER)
+    assert auth.exempt("/v2/health/ready") and not auth.exempt("/v2/models/tiny/infer")
     assert not TokenAuth([TOKEN], exempt_health=False).exempt("/grpc.health.v1.Health/Watch")
     with pytest.raises(HistoedgeError, match="at least 16"):
         TokenAuth(["short"])
