@@ -124,13 +124,14 @@ class InferenceServer:
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
                      ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=settings.workers + settings.max_queue_size)
-        add_to_server(InferenceServicer(self.dataplane, self.drain), self._grpc)
+        add_to_server(inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                      InferenceServicer(self.dataplane, self.drain), self._grpc)
         services = [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.monitoring is not None:
-            monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
-                MonitoringServicer(self.monitoring), self._grpc)
+            add_to_server(monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server,
+                          MonitoringServicer(self.monitoring), self._grpc)
             services.append(MONITORING_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        add_to_server(health_pb2_grpc.add_HealthServicer_to_server, self.health, self._grpc)
         if not settings.no_reflection:
             reflection.enable_server_reflection(services, self._grpc, pool=_reflection_pool())
         self._update_health()

@@ -4,7 +4,7 @@ Errors become gRPC status codes in one place, :data:`STATUS_CODES`.  On a
 ``ModelStreamInfer`` stream an error answers only its own request (``error_message``,
 as Triton does) and the stream goes on.
 
-Unary requests arrive as bytes and are parsed here (:func:`method_handlers`):
+Unary requests arrive as bytes and are parsed here (:func:`add_to_server`):
 grpcio's own deserialization-failure path answers INTERNAL, logs a traceback
 and keeps about 18 KiB per failed request, which any client could repeat.  A
 message that does not parse is answered INVALID_ARGUMENT.
@@ -35,8 +35,6 @@ from histoedge.serving.schema import InferenceRequest, InferenceResponse, ModelM
 from histoedge.serving.untrusted import bounded_message
 
 log = logging.getLogger(__name__)
-
-SERVICE = "inference.GRPCInferenceService"
 
 _NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
 # Requests of one stream answered at the same time: enough to fill the batcher from one
@@ -102,34 +100,44 @@ def _parsing(behavior, deserializer):
 
 
 class _Capture:
-    """Stands in for a grpc.Server to collect the generated method handlers."""
+    """Stands in for a grpc.Server to collect a generated ``add_..._to_server``'s handlers."""
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         pass
 
     def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        self.handlers = handlers
+        self.service, self.handlers = service, handlers
 
 
-def method_handlers(servicer: "InferenceServicer") -> dict[str, grpc.RpcMethodHandler]:
-    """The generated handlers, with every unary request parsed in Python (see the module doc)."""
+def parsed_in_python(add_generated, servicer) -> tuple[str, dict[str, grpc.RpcMethodHandler]]:
+    """The service name and handlers ``add_generated`` would register, with every unary
+    request (unary-unary and unary-stream) taken as bytes and parsed in Python (see the module doc)."""
     capture = _Capture()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
+    add_generated(servicer, capture)
     handlers = {}
     for name, handler in capture.handlers.items():
-        if handler.unary_unary is not None and handler.request_deserializer is not None:
+        if handler.request_deserializer is not None and handler.unary_unary is not None:
             handler = grpc.unary_unary_rpc_method_handler(
                 _parsing(handler.unary_unary, handler.request_deserializer),
                 request_deserializer=None, response_serializer=handler.response_serializer)
+        elif handler.request_deserializer is not None and handler.unary_stream is not None:
+            handler = grpc.unary_stream_rpc_method_handler(
+                _parsing(handler.unary_stream, handler.request_deserializer),
+                request_deserializer=None, response_serializer=handler.response_serializer)
         handlers[name] = handler
-    return handlers
+    return capture.service, handlers
 
 
-def add_to_server(servicer: "InferenceServicer", server: grpc.Server) -> None:
-    """Register ``servicer`` on ``server`` (instead of the generated ``add_..._to_server``)."""
-    handlers = method_handlers(servicer)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+def add_to_server(add_generated, servicer, server: grpc.Server) -> None:
+    """Register ``servicer`` as ``add_generated`` would, but parsing unary requests in Python.
+
+    Example::
+
+        add_to_server(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(plane), server)
+    """
+    service, handlers = parsed_in_python(add_generated, servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -283,3 +283,15 @@ def test_metric_series_of_failed_and_deleted_versions_are_removed(tmp_path, star
     wait_until(lambda: server.models.versions(MODEL) == (2,))
     wait_until(lambda: not series("1"))
     assert series("2")
+
+
+def test_unparseable_health_and_metadata_requests_are_invalid_argument(channel):
+    garbage = b"\x0a\x05ab"  # a length-delimited field that claims more bytes than follow
+    for method in ("/grpc.health.v1.Health/Check", "/inference.GRPCInferenceService/ModelMetadata",
+                   "/inference.GRPCInferenceService/ModelReady"):
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(method)(garbage, timeout=10)
+        assert caught.value.code() == Code.INVALID_ARGUMENT, method
+    with pytest.raises(grpc.RpcError) as caught:
+        list(channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage, timeout=10))
+    assert caught.value.code() == Code.INVALID_ARGUMENT
