@@ -88,14 +88,16 @@ def _rpc(method):
 
 def _parsing(behavior, deserializer):
     """Wrap a unary handler that now receives bytes: parse them, or answer INVALID_ARGUMENT."""
+    # grpc reads the wrapped signature (functools.wraps) and may pass a third argument,
+    # e.g. the health service's send_response_callback; pass on whatever comes.
     @functools.wraps(behavior)
-    def parse_then_call(data: bytes, context):
+    def parse_then_call(data: bytes, context, *more):
         try:
             request = deserializer(data)
         except (DecodeError, ValueError, TypeError, RecursionError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"the request is not a valid protobuf message ({type(error).__name__})")
-        return behavior(request, context)
+        return behavior(request, context, *more)
     return parse_then_call
 
 
