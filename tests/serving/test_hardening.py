@@ -295,3 +295,11 @@ def test_unparseable_health_and_metadata_requests_are_invalid_argument(channel):
     with pytest.raises(grpc.RpcError) as caught:
         list(channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage, timeout=10))
     assert caught.value.code() == Code.INVALID_ARGUMENT
+
+
+def test_valid_health_watch_still_streams(channel):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+    stream.cancel()
