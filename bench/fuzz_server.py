@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from bench.common import python_exe, rss_mb, serve
-from histoedge.export.manifest import Manifest
+from histoedge.export.manifest import PROBABILITIES, Manifest
 from histoedge.serving._proto import inference_pb2 as pb
 from tests.serving.fuzzing import infer_requests, request_bytes, valid_request
 from tests.serving.helpers import reference, sample_images
@@ -75,7 +75,7 @@ def fuzz(server: dict, version_dir: Path, model: str, size: int, args) -> dict:
     channel = grpc.insecure_channel(server["address"], options=[("grpc.max_receive_message_length", 64 << 20)])
     infer = channel.unary_unary(MODEL_INFER)
     batches = [sample_images(n, seed=s, size=size) for s, n in ((1, 1), (2, 3), (3, 8))]
-    wanted = [reference(version_dir, images)["probabilities"] for images in batches]
+    wanted = [reference(version_dir, images)[PROBABILITIES] for images in batches]
     valid = [valid_request(images, model).SerializeToString() for images in batches]
     codes: collections.Counter = collections.Counter()
     state = {"cases": 0, "valid": 0, "mismatch": 0, "rss": [], "examples": []}
@@ -86,7 +86,7 @@ def fuzz(server: dict, version_dir: Path, model: str, size: int, args) -> dict:
         index = state["valid"] % len(valid)
         response = pb.ModelInferResponse.FromString(infer(valid[index], timeout=60))
         names = [o.name for o in response.outputs]
-        got = np.frombuffer(response.raw_output_contents[names.index("probabilities")], np.float32)
+        got = np.frombuffer(response.raw_output_contents[names.index(PROBABILITIES)], np.float32)
         state["valid"] += 1
         if not np.allclose(got.reshape(wanted[index].shape), wanted[index], rtol=1e-6, atol=1e-7):
             state["mismatch"] += 1

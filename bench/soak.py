@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from histoedge.export.manifest import IMAGE, IMAGE_BYTES, PROBABILITIES
 from histoedge.serving._proto import inference_pb2 as pb
 from histoedge.serving._proto import inference_pb2_grpc as pb_grpc
 from histoedge.serving.codecs import encode_bytes
@@ -111,7 +112,7 @@ class References:
     def probabilities(self, version: str, images: np.ndarray) -> np.ndarray:
         with self.lock:
             session = self.sessions[version]
-        return session.run(["probabilities"], {"image": images})[0]
+        return session.run([PROBABILITIES], {IMAGE: images})[0]
 
 
 def write_version(repo: Path, version: int, references: References) -> None:
@@ -161,7 +162,7 @@ def load_client(address: str, references: References, stop: threading.Event, tal
             images = sample_images(rng.randint(1, 4), seed=rng.randrange(10_000), size=SIZE)
             if rng.random() < 0.3:
                 request = pb.ModelInferRequest(model_name=MODEL)
-                request.inputs.add(name="image_bytes", datatype="BYTES", shape=[len(images)])
+                request.inputs.add(name=IMAGE_BYTES, datatype="BYTES", shape=[len(images)])
                 request.raw_input_contents.append(encode_bytes([encode(image) for image in images]))
                 images = np.stack([decode_like_server(encode(image), SIZE) for image in images])
             else:
@@ -173,7 +174,7 @@ def load_client(address: str, references: References, stop: threading.Event, tal
                 errors.append(error.details()[:200])
                 continue
             names = [output.name for output in response.outputs]
-            got = np.frombuffer(response.raw_output_contents[names.index("probabilities")], np.float32)
+            got = np.frombuffer(response.raw_output_contents[names.index(PROBABILITIES)], np.float32)
             want = references.probabilities(response.model_version, images)
             if np.allclose(got.reshape(want.shape), want, rtol=1e-6, atol=1e-7):
                 tally["ok"] += 1
