@@ -82,6 +82,22 @@ class TokenAuth:
         return self.exempt_health and path.startswith(HEALTH_PREFIXES)
 
 
+def asgi_token_required(app, auth: TokenAuth):
+    """Wrap an ASGI application so HTTP requests need the bearer token (health paths as :meth:`TokenAuth.exempt`)."""
+    async def guarded(scope, receive, send):
+        if scope["type"] == "http" and not auth.exempt(scope.get("path", "")):
+            authorization = next((value for key, value in scope.get("headers", ()) if key == b"authorization"), None)
+            if not auth.allows(authorization):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"www-authenticate", b'Bearer realm="histoedge"')]})
+                await send({"type": "http.response.body",
+                            "body": b'{"error": "missing or wrong bearer token", "outcome": "unauthenticated"}'})
+                return
+        await app(scope, receive, send)
+    return guarded
+
+
 def read_token_file(path: Path) -> list[str]:
     """Tokens in ``path``: one a line; blank lines and lines starting with '#' are ignored."""
     try:

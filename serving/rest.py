@@ -54,6 +54,7 @@ from starlette.routing import Route
 from histoedge import HistoedgeError
 from histoedge.export.manifest import IMAGE_BYTES, LABEL, PROBABILITIES
 from histoedge.serving import rest_codecs
+from histoedge.serving.auth import TokenAuth, asgi_token_required
 from histoedge.serving.dataplane import DataPlane
 from histoedge.serving.errors import (CancelledError, DeadlineExceededError, InvalidInputError,
                                       ModelNotFoundError, ModelNotReadyError, QueueFullError,
@@ -61,6 +62,7 @@ from histoedge.serving.errors import (CancelledError, DeadlineExceededError, Inv
 from histoedge.serving.metrics import ServerMetrics
 from histoedge.serving.schema import CancelToken, InferenceRequest, Tensor
 from histoedge.serving.settings import ServerSettings
+from histoedge.serving.untrusted import client_text
 from histoedge.serving.status import StatusReport
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,8 @@ def http_status(error: ServingError) -> int:
 
 
 def clean(text: str, limit: int = 200) -> str:
-    """A client-supplied string made safe for messages and logs: printable and short."""
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
-    return text if len(text) <= limit else text[:limit] + "..."
+    """A client-supplied string made safe for messages and logs (the server's one rule, escaped and cut)."""
+    return client_text(text, limit)
 
 
 def error_response(status: int, message: str, outcome: str) -> JSONResponse:
@@ -107,7 +108,8 @@ def _endpoint(handler):
             return await handler(self, request)
         except ServingError as error:
             status = http_status(error)
-            log.warning("%s %s: %d: %s", request.method, clean(request.url.path), status, clean(str(error), 500))
+            log.warning("%s %s: %d: %s", request.method, clean(request.url.path), status,
+                        clean(getattr(error, "log_text", str(error)), 500))
             return error_response(status, str(error), error.outcome)
         except HTTPException as error:
             log.warning("%s %s: %d: %s", request.method, clean(request.url.path), error.status_code, error.detail)
@@ -144,7 +146,7 @@ class RestApp:
     """
 
     def __init__(self, dataplane: DataPlane, metrics: ServerMetrics, settings: ServerSettings,
-                 status: StatusReport | None = None) -> None:
+                 status: StatusReport | None = None, auth: TokenAuth | None = None) -> None:
         self.dataplane = dataplane
         self.settings = settings
         self.status = status or StatusReport(dataplane, metrics)
@@ -164,6 +166,8 @@ class RestApp:
                        Route(prefix + "/infer", self.infer, methods=["POST"]),
                        Route(prefix + "/classify", self.classify, methods=["POST"])]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+        if auth is not None:  # --auth-token-file: the same tokens as gRPC, health paths exempt
+            self.app = asgi_token_required(self.app, auth)
 
     async def _http_error(self, request: Request, error: HTTPException) -> Response:
         """Unknown routes and methods answer in the same JSON shape as every other error."""
@@ -285,7 +289,9 @@ class RestApp:
             try:
                 response = self.dataplane.infer(internal)
             except InvalidInputError as error:
-                raise InvalidInputError(_name_files(str(error), [n for n, _ in files])) from None
+                named = InvalidInputError(_name_files(str(error), [n for n, _ in files]))
+                named.log_text = str(error)  # the log keeps the index: logs never hold client file names
+                raise named from None
             outputs = {tensor.name: tensor.data for tensor in response.outputs}
             metadata = self.dataplane.model_metadata(response.model_name, response.model_version)
             classes = str(metadata.parameters.get("classes", "")).split(",")
@@ -344,7 +350,7 @@ def _name_files(message: str, names: list[str]) -> str:
     """``image_bytes[2]: ...`` from the decoder names the uploaded file instead."""
     match = re.match(re.escape(IMAGE_BYTES) + r"\[(\d+)\]: ", message)
     if match and int(match.group(1)) < len(names):
-        return f"file {names[int(match.group(1))]!r}: {message[match.end():]}"
+        return f"file '{names[int(match.group(1))]}': {message[match.end():]}"  # names are escaped already
     return message
 
 
@@ -387,9 +393,9 @@ class RestServer:
     """
 
     def __init__(self, dataplane: DataPlane, metrics: ServerMetrics, settings: ServerSettings,
-                 status: StatusReport | None = None) -> None:
+                 status: StatusReport | None = None, auth: TokenAuth | None = None) -> None:
         self.settings = settings
-        self.rest = RestApp(dataplane, metrics, settings, status)
+        self.rest = RestApp(dataplane, metrics, settings, status, auth)
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

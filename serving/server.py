@@ -147,7 +147,7 @@ class InferenceServer:
         if settings.http_port:
             status = StatusReport(self.dataplane, self.metrics, ports={
                 "grpc": self.port, "rest": settings.http_port, "metrics": settings.metrics_port})
-            self._rest = RestServer(self.dataplane, self.metrics, settings, status).start()
+            self._rest = RestServer(self.dataplane, self.metrics, settings, status, self.auth).start()
             self.http_port = self._rest.port
         self._grpc.start()
         log.info("listening on %s:%d for gRPC and on port %s for REST (%s%s%s); metrics on %s", settings.host,

@@ -90,10 +90,11 @@ def test_unknown_models_routes_and_methods(http_server, path, method, status, wo
     assert got == status and words in answer["error"]
 
 
-def test_classify_errors_name_the_file(http_server):
+def test_classify_errors_name_the_file(http_server, caplog):
     path = f"/v2/models/{MODEL}/classify"
     status, _, body = call(http_server, path, *multipart({"good.png": encode(IMAGE[0]), "bad\n.png": b"junk"}))
-    assert status == 400 and "file 'bad?.png': not a PNG" in body["error"]  # the name is cleaned, too
+    assert status == 400 and "file 'bad\\n.png': not a PNG" in body["error"]  # the name is escaped, too
+    assert "bad" not in caplog.text and "image_bytes[1]" in caplog.text  # logs hold no client file names
     status, _, body = call(http_server, path, *multipart({}))
     assert status == 400 and "no image file" in body["error"]
     status, _, body = call(http_server, path, b"raw bytes", {"Content-Type": "image/png"})

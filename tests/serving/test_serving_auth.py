@@ -148,3 +148,21 @@ def test_client_and_cli_send_the_token(repo, start_server, tmp_path):
 def test_new_settings_are_validated(options, words):
     with pytest.raises(HistoedgeError, match=words):
         ServerSettings(**options)
+
+
+def test_bearer_token_on_rest(repo, start_server):
+    import json
+
+    server = start_server(repo, auth_token=TOKEN, http_port=free_port())
+    base = f"http://127.0.0.1:{server.http_port}"
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 16, 16, 3],
+                                   "data": sample_images(1).reshape(-1).tolist()}]}).encode()
+    url = f"{base}/v2/models/tiny/infer"
+    for headers in ({}, {"Authorization": f"Bearer {OTHER}"}):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=10)
+        assert caught.value.code == 401
+    answer = urllib.request.urlopen(urllib.request.Request(
+        url, body, {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}), timeout=10)
+    assert answer.status == 200 and "outputs" in json.loads(answer.read())
+    assert urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10).status == 200  # probes stay open
