@@ -62,7 +62,8 @@ class ServerProcess:
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
             histoedge_command() + ["serve", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(self.port),
-                                   "--metrics-port", "0", "--threads", "1", "--poll-seconds", "0.5", *extra],
+                                   "--metrics-port", "0", "--http-port", "0", "--threads", "1", "--poll-seconds", "0.5",
+                                   *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.address = f"127.0.0.1:{self.port}"
 
