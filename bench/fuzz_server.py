@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         version_dir = first_version(repo)
         manifest = Manifest.load(version_dir)
         size = manifest.image_size[0]
-        with serve(repo, extra_args=["--grace-seconds", "2", "--http-port", "0"], log_name="fuzz-server") as server:
+        with serve(repo, extra_args=["--grace-seconds", "2"], log_name="fuzz-server") as server:
             figures = fuzz(server, version_dir, manifest.name, size, args)
     print(json.dumps(figures, indent=2))
     if args.json:
