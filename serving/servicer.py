@@ -13,6 +13,7 @@ message that does not parse is answered INVALID_ARGUMENT.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import queue
@@ -70,7 +71,8 @@ def _rpc(method):
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
-            with self.drain.request(refuse_when_closing):
+            drain = getattr(self, "drain", None)  # servicers without one (monitoring) are not drained
+            with drain.request(refuse_when_closing) if drain is not None else contextlib.nullcontext():
                 return method(self, request, context)
         except ServingError as error:
             code = status_code(error)
@@ -189,15 +191,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         def answer(message) -> None:
             try:
-                internal = request_from_pb(message, context.time_remaining())
-                with lock:
-                    tokens.add(internal.cancel)
-                try:
-                    reply = pb.ModelStreamInferResponse(
-                        infer_response=response_to_pb(self.dataplane.infer(internal)))
-                finally:
+                with self.drain.request():  # each request of a stream drains like a ModelInfer
+                    internal = request_from_pb(message, context.time_remaining())
                     with lock:
-                        tokens.discard(internal.cancel)
+                        tokens.add(internal.cancel)
+                    try:
+                        reply = pb.ModelStreamInferResponse(
+                            infer_response=response_to_pb(self.dataplane.infer(internal)))
+                    finally:
+                        with lock:
+                            tokens.discard(internal.cancel)
             except Exception as error:  # noqa: BLE001 - one bad request must not end the stream
                 reply = stream_error(message, error)
             answers.put(reply)
@@ -231,10 +234,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 def stream_error(message: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
     """A stream answer that reports ``error`` for the request ``message`` (id, model, version kept)."""
     if isinstance(error, ServingError):
-        text = f"{status_code(error).name}: {error}"
+        text = bounded_message(f"{status_code(error).name}: {error}")
         log.warning("ModelStreamInfer: %s", text)
     else:
-        text = f"INTERNAL: internal error: {type(error).__name__}: {error}"
+        text = bounded_message(f"INTERNAL: internal error: {type(error).__name__}: {error}")
         log.error("ModelStreamInfer: %s", text)
     return pb.ModelStreamInferResponse(error_message=text, infer_response=pb.ModelInferResponse(
         id=message.id, model_name=message.model_name, model_version=message.model_version))
