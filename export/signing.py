@@ -1,9 +1,10 @@
 """Signed model packages: an Ed25519 signature over a version's manifest bytes.
 
 What is signed: the exact bytes of ``MODELS/<name>/<version>/manifest.json``.
-The manifest holds the SHA-256 of ``model.onnx`` (which the server checks before
-loading), the class names, the decision threshold and the preprocessing, so one
-signature covers the model and everything that decides its answers.  The
+The manifest holds the SHA-256 of ``model.onnx`` and of the reference profile
+(which the server checks when loading), the class names, the decision threshold
+and the preprocessing, so one signature covers the model and everything that
+decides its answers.  The
 signature lives beside the manifest in ``manifest.sig`` (JSON: algorithm, key id,
 base64 signature).  Key id: the first 16 hex digits of the SHA-256 of the raw
 32-byte public key.
