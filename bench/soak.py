@@ -51,7 +51,8 @@ BROKEN_KINDS = ("bad-checksum", "garbage-model", "no-manifest", "bad-json", "wro
 
 
 def histoedge_command() -> list[str]:
-    return [str(Path(sys.executable).parent / "histoedge")]
+    # faulthandler: a server that hangs on SIGTERM gets SIGABRT and prints every thread's stack.
+    return [sys.executable, "-X", "faulthandler", str(Path(sys.executable).parent / "histoedge")]
 
 
 class ServerProcess:
@@ -62,8 +63,8 @@ class ServerProcess:
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
             histoedge_command() + ["serve", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(self.port),
-                                   "--metrics-port", "0", "--http-port", "0", "--threads", "1", "--poll-seconds", "0.5",
-                                   *extra],
+                                   "--metrics-port", "0", "--http-port", "0", "--threads", "1",
+                                   "--poll-seconds", "0.5", *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.address = f"127.0.0.1:{self.port}"
 
@@ -92,6 +93,11 @@ class ServerProcess:
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            self.process.wait(30)
+            raise RuntimeError(f"server did not exit within 60 s of SIGTERM; its log:\n"
+                               f"{Path(self.log.name).read_text()[-6000:]}") from None
         finally:
             self.log.close()
 

@@ -282,11 +282,18 @@ def cli_serve(args) -> int:
     while not stopping.wait(1.0):
         pass
     log.info("stopping: draining in-flight requests for up to %.1f s", server.settings.grace_seconds)
-    server.stop(exiting=True)
-    # Every request was answered or refused; ending the process here (not through gRPC's
-    # stop, nor the interpreter's teardown of the gRPC server, which cancels calls) lets
-    # calls still on their way see the connection close: UNAVAILABLE, never CANCELLED.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    code = 0
+    try:
+        server.stop(exiting=True)
+    except Exception:  # noqa: BLE001 - the process must end either way
+        log.exception("error while stopping")
+        code = 1
+    finally:
+        # Every request was answered or refused; ending the process here (not through gRPC's
+        # stop, nor the interpreter's teardown of the gRPC server, which cancels calls and can
+        # wait on handler threads) lets calls still on their way see the connection close:
+        # UNAVAILABLE, never CANCELLED.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
