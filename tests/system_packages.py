@@ -18,6 +18,7 @@ PROGRAMS = {
     "curl": "curl",              # the multipart upload test
     "promtool": "prometheus",    # alert rule checks and tests
     "prometheus": "prometheus",  # the real-Prometheus scrape test
+    "kubectl": "kubectl",        # renders deploy/kubernetes with its built-in kustomize
 }
 
 
