@@ -31,7 +31,8 @@ import keras
 import numpy as np
 
 from histoedge.training.config import CNNConfig, ConfigError
-from histoedge.training.models.cnn import _kernel_options, build_cnn
+from histoedge.export.manifest import IMAGE
+from histoedge.training.models.cnn import build_cnn, classification_head
 from histoedge.training.models.registry import (CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB,
                                                 MIN_IMAGE_SIZE, BackboneSpec, get_backbone_spec,
                                                 resolve_weights)
@@ -68,7 +69,7 @@ def build_backbone_model(config: CNNConfig, num_classes: int, image_size: int) -
                           f"(Keras Applications' minimum), got {image_size}")
     weights = resolve_weights(spec.name, config.weights)
 
-    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name=IMAGE)
     x = _preprocessing(spec, inputs)
     application = getattr(keras.applications, spec.application)
     backbone = application(include_top=False, weights=None, input_shape=(image_size, image_size, 3),
@@ -77,19 +78,7 @@ def build_backbone_model(config: CNNConfig, num_classes: int, image_size: int) -
         load_backbone_weights(backbone, weights, spec)
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
-    for index, units in enumerate(config.dense_units, start=1):
-        if config.head_dropout > 0:
-            x = keras.layers.Dropout(config.head_dropout, name=f"head_dropout{index}")(x)
-        x = keras.layers.Dense(units, use_bias=not config.batch_norm, name=f"dense{index}",
-                               **_kernel_options(config, conv=False))(x)
-        if config.batch_norm:
-            x = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum, name=f"dense_bn{index}")(x)
-        x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
-    if config.head_dropout > 0:
-        x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
-                                 **_kernel_options(config, conv=False))(x)
-    return keras.Model(inputs, outputs, name=f"histoedge_{spec.name}")
+    return keras.Model(inputs, classification_head(x, config, num_classes), name=f"histoedge_{spec.name}")
 
 
 def _preprocessing(spec: BackboneSpec, inputs):

@@ -99,6 +99,12 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
         x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     else:
         x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, classification_head(x, config, num_classes), name="histoedge_cnn")
+
+
+def classification_head(x, config: CNNConfig, num_classes: int):
+    """The head on pooled features: ``dense_units`` hidden layers with the config's dropout, batch
+    normalisation and kernel options, then the softmax output named as the contract says."""
     for index, units in enumerate(config.dense_units, start=1):
         if config.head_dropout > 0:
             x = keras.layers.Dropout(config.head_dropout, name=f"head_dropout{index}")(x)
@@ -109,6 +115,5 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
         x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
     if config.head_dropout > 0:
         x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=PROBABILITIES,
-                                 **_kernel_options(config, conv=False))(x)
-    return keras.Model(inputs, outputs, name="histoedge_cnn")
+    return keras.layers.Dense(num_classes, activation="softmax", name=PROBABILITIES,
+                              **_kernel_options(config, conv=False))(x)
