@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histoedge.export.manifest import IMAGE, PROBABILITIES
+
 DEPTHWISE_SE = ("efficientnetb0", "mobilenetv3small")
 QOPERATOR = dict(quant_format="QOperator", activation_type="QUInt8", weight_type="QInt8", per_channel=True)
 
@@ -77,19 +79,19 @@ def run_backbones(args, seed_cnn, machine) -> int:
     inputs = {b: rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8) for b in batches}
     quality = {}
     for (name, variant), session in sessions.items():
-        probs = session.run(["probabilities"], {"image": test})[0]
-        reference = sessions[(name, "fp32")].run(["probabilities"], {"image": test})[0]
+        probs = session.run([PROBABILITIES], {IMAGE: test})[0]
+        reference = sessions[(name, "fp32")].run([PROBABILITIES], {IMAGE: test})[0]
         quality[f"{name} {variant}"] = {"max_abs_diff_vs_fp32": float(np.abs(probs - reference).max()),
                                         "argmax_agreement": float((probs.argmax(1) == reference.argmax(1)).mean())}
         for b in batches:  # warm-up
-            session.run(None, {"image": inputs[b]})
+            session.run(None, {IMAGE: inputs[b]})
     times = {key: {b: [] for b in batches} for key in sessions}
     for round_index in range(args.rounds):
         for b in batches:
             for key, session in sessions.items():
                 for _ in range(max(1, 4 // b)):
                     start = time.perf_counter()
-                    session.run(None, {"image": inputs[b]})
+                    session.run(None, {IMAGE: inputs[b]})
                     times[key][b].append((time.perf_counter() - start) * 1000)
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
