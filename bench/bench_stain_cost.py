@@ -8,7 +8,7 @@ and says so.
 
 Usage::
 
-    python bench/bench_stain_cost.py                                  # /work/demo/models/breast/1
+    python bench/bench_stain_cost.py                                  # demo/models/breast/1
     python bench/bench_stain_cost.py --model models/breast/3 --repeats 50
 """
 
@@ -46,7 +46,7 @@ def main() -> int:
     from histoedge.training.data.synth_render import TileSpec, render_tiles
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("/work/demo/models/breast/1"))
+    parser.add_argument("--model", type=Path, default=Path("demo/models/breast/1"))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16, help="batch size of the inference measurement")
     parser.add_argument("--threads", type=int, default=1)

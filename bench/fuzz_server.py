@@ -8,7 +8,7 @@ the INTERNAL/UNKNOWN count (must be 0), the valid matches, and the server's RSS
 after warm-up and at the end.
 
     python -m bench.fuzz_server --cases 100000          # 10-20 minutes on 2 shared cores
-    python -m bench.fuzz_server --cases 3000 --repo /work/demo/models
+    python -m bench.fuzz_server --cases 3000 --repo demo/models
 """
 
 from __future__ import annotations
