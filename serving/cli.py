@@ -24,8 +24,20 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=None, metavar=option.metadata.get("metavar"), help=text)
 
 
+class _ServerList(argparse.Action):
+    """``--server`` may repeat: the addresses are kept as one comma-separated string, which
+    :class:`histoedge.serving.client.InferenceClient` balances over."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        previous = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{previous},{values}" if previous else values)
+
+
 def _add_tls_client_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--server", required=required, metavar="HOST:PORT", help="server address")
+    parser.add_argument("--server", required=required, action=_ServerList, metavar="HOST:PORT",
+                        help="server address; repeat it (or separate with commas) for several replicas, "
+                             "or give one dns:///NAME:PORT target: calls are spread round-robin over the "
+                             "healthy ones and a call failing with UNAVAILABLE is retried on the next")
     parser.add_argument("--tls-ca", help="CA certificate (PEM) to verify the server; enables TLS")
     parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
     parser.add_argument("--tls-key", help="client private key (PEM) for mutual TLS")

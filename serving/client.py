@@ -1,10 +1,19 @@
 """Python client for the server, and the ``classify`` and ``health`` commands.
 
+One server, several replicas or a DNS name that resolves to several (a Kubernetes headless
+Service): with more than one possible backend the channel uses gRPC's own ``round_robin``
+load balancing with client-side health checking (``grpc.health.v1``, so a draining replica
+leaves the rotation as soon as it reports NOT_SERVING), and gRPC's retry policy sends a call
+that failed with UNAVAILABLE again, to the next replica.
+
 Example::
 
     with InferenceClient("localhost:8001") as client:
         for prediction in client.classify_paths(["slides/tile1.png"]):
             print(prediction.source, prediction.label, prediction.probability)
+
+    InferenceClient(["10.0.0.5:8001", "10.0.0.6:8001"])     # two replicas
+    InferenceClient("dns:///histoedge-headless.pathology.svc.cluster.local:8001")
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import sys
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,6 +42,68 @@ from histoedge.serving.schema import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _MAX_MESSAGE = 64 * 1024 * 1024
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+
+# Every inference call that fails with UNAVAILABLE (a replica restarting or draining) is sent
+# again, up to 4 more times; with round_robin each attempt goes to the next ready replica.
+RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
+
+
+def service_config(balanced: bool) -> dict:
+    """The channel's gRPC service config: retries always; round-robin over healthy replicas
+    when the target may name several (a NOT_SERVING single server must still answer calls)."""
+    config: dict = {"methodConfig": [{"name": [{"service": INFERENCE_SERVICE}], "retryPolicy": RETRY_POLICY}]}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": ""}
+    return config
+
+
+def channel_target(servers: str | Sequence[str]) -> tuple[str, bool]:
+    """One gRPC target for one or several servers, and whether it may name several backends.
+
+    Args:
+        servers: ``host:port``; a gRPC target with a scheme (``dns:///name:port``,
+            ``ipv4:a:p,b:p``, ``unix:path``); or several ``host:port`` (a sequence or a
+            comma-separated string), which are resolved once here into an ``ipv4:``/``ipv6:``
+            list (use a ``dns:///`` target to follow replicas as they come and go).
+
+    Example::
+
+        channel_target(["127.0.0.1:8001", "127.0.0.1:8011"])  # ("ipv4:127.0.0.1:8001,127.0.0.1:8011", True)
+    """
+    items = [servers] if isinstance(servers, str) else list(servers)
+    items = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    if not items:
+        raise HistoedgeError("no server address given")
+    if len(items) == 1:
+        target = items[0]
+        return target, target.startswith(("dns:", "ipv4:", "ipv6:"))
+    resolved: list[tuple[int, str, int]] = []
+    for item in items:
+        if "://" in item or item.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+            raise HistoedgeError(f"{item!r}: a target with a scheme stands alone; list plain HOST:PORT addresses")
+        parts = urllib.parse.urlsplit("//" + item)
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host, port = None, None
+        if not host or port is None:
+            raise HistoedgeError(f"{item!r} is not HOST:PORT")
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise HistoedgeError(f"cannot resolve {host!r}: {error.strerror}") from None
+        families = {info[0] for info in infos}
+        family = socket.AF_INET if socket.AF_INET in families else socket.AF_INET6
+        resolved += [(family, ip, port) for ip in dict.fromkeys(i[4][0] for i in infos if i[0] == family)]
+    families = {family for family, _, _ in resolved}
+    if len(families) > 1:
+        raise HistoedgeError("several servers must all be IPv4 or all IPv6")
+    if families == {socket.AF_INET}:
+        return "ipv4:" + ",".join(f"{ip}:{port}" for _, ip, port in resolved), True
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for _, ip, port in resolved), True
 
 
 @dataclass
@@ -68,11 +141,29 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor):
                                          details.wait_for_ready, details.compression), request)
 
 
+def _first_host(server: str | Sequence[str]) -> str | None:
+    first = (server if isinstance(server, str) else ",".join(map(str, server))).split(",")[0].strip()
+    try:
+        return urllib.parse.urlsplit("//" + first).hostname
+    except ValueError:
+        return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return True
+    except OSError:
+        return False
+
+
 class InferenceClient:
-    """A connection to one server.
+    """A channel to one server or to several replicas (see :func:`channel_target`).
 
     Args:
-        server: ``host:port``.
+        server: ``host:port``, a gRPC target such as ``dns:///name:port``, or several
+            ``host:port`` (a list, or comma-separated); several backends are load-balanced
+            round-robin and a call failing with UNAVAILABLE is retried on the next one.
         tls_ca: CA certificate (PEM file) that signed the server's certificate; enables TLS.
         tls_cert, tls_key: client certificate and key (PEM files) for mutual TLS.
         timeout: seconds allowed per call.
@@ -80,14 +171,18 @@ class InferenceClient:
             started with ``--auth-token-file``); the CLI reads ``HISTOEDGE_AUTH_TOKEN``.
     """
 
-    def __init__(self, server: str, tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None, timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(self, server: str | Sequence[str], tls_ca: str | Path | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                 timeout: float = 30.0, token: str | None = None) -> None:
+        target, balanced = channel_target(server)
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
-                   ("grpc.max_send_message_length", _MAX_MESSAGE)]
+                   ("grpc.max_send_message_length", _MAX_MESSAGE),
+                   ("grpc.enable_retries", 1),
+                   ("grpc.service_config", json.dumps(service_config(balanced)))]
         if (tls_cert is None) != (tls_key is None):
             raise HistoedgeError("--tls-cert and --tls-key go together")
         if tls_ca is None and tls_cert is None:
-            self.channel = grpc.insecure_channel(server, options=options)
+            self.channel = grpc.insecure_channel(target, options=options)
         else:
             try:
                 credentials = grpc.ssl_channel_credentials(
@@ -95,10 +190,15 @@ class InferenceClient:
                     certificate_chain=_read(tls_cert))
             except OSError as error:
                 raise HistoedgeError(f"cannot read TLS file: {error}") from error
-            self.channel = grpc.secure_channel(server, credentials, options=options)
+            host = _first_host(server)
+            if balanced and host and target.startswith(("ipv4:", "ipv6:")) and not _is_ip(host):
+                # resolved host names: the certificate names the host, not the address
+                options.append(("grpc.ssl_target_name_override", host))
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         if token:
             self.channel = grpc.intercept_channel(self.channel, _BearerToken(token.strip()))
-        self.server = server
+        self.server = server if isinstance(server, str) else ",".join(server)
+        self.target = target
         self.timeout = timeout
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -252,6 +352,10 @@ def _rpc_failure(error: grpc.RpcError, server: str) -> HistoedgeError:
     return HistoedgeError(f"{server}: {error.code().name}: {error.details()}")
 
 
+def _servers_text(server: str | Sequence[str]) -> str:
+    return server if isinstance(server, str) else ",".join(server)
+
+
 def cli_classify(args) -> int:
     """``histoedge classify``: exit 0 if every image was classified, 1 if some could not be."""
     try:
@@ -260,7 +364,7 @@ def cli_classify(args) -> int:
             predictions = client.classify_paths(args.paths, args.model or "", args.model_version,
                                                 args.batch_size)
     except grpc.RpcError as error:
-        raise _rpc_failure(error, args.server) from None
+        raise _rpc_failure(error, _servers_text(args.server)) from None
     if args.json:
         for prediction in predictions:
             print(json.dumps(asdict(prediction)))
@@ -301,7 +405,8 @@ def cli_health(args) -> int:
                              token=os.environ.get("HISTOEDGE_AUTH_TOKEN")) as client:
             status = client.health(args.service)
     except grpc.RpcError as error:
-        print(f"histoedge health: {args.server}: {error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"histoedge health: {_servers_text(args.server)}: {error.code().name}: {error.details()}",
+              file=sys.stderr)
         return 1
-    print(f"{args.server}: {status}")
+    print(f"{_servers_text(args.server)}: {status}")
     return 0 if status == "SERVING" else 1

@@ -64,6 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="override any config key, e.g. --set optimizer.learning_rate=3e-4 "
                             "(repeatable; VALUE is parsed as YAML)")
     train.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    train.add_argument("--distributed", nargs="?", const="multi-worker", default="auto",
+                       choices=("auto", "multi-worker", "mirrored", "off"),
+                       help="tf.distribute: 'multi-worker' (the flag alone) trains with the workers "
+                            "TF_CONFIG names; 'mirrored' over this machine's GPUs; 'off' alone. "
+                            "Default 'auto': multi-worker when TF_CONFIG names a cluster")
+    train.add_argument("--backup-dir", default=None,
+                       help="distributed runs: each worker's BackupAndRestore folders go to "
+                            "BACKUP_DIR/<member>/<task>-<index> (default OUT/backup)")
     train.set_defaults(handler="histoedge.training.run:cli_train")
 
     report = subparsers.add_parser("report", help="regenerate RUN/report.md and RUN/report.html")

@@ -157,13 +157,19 @@ def _done_seconds(done: Path) -> float | None:
         return None
 
 
-def train_members(names, config, dataset, splits, run_dir: Path, *, verbose: int = 1) -> dict:
-    """Train (or load, when ``DONE`` exists) each member; returns ``{name: (val_probs, test_probs, seconds)}``."""
+def train_members(names, config, dataset, splits, run_dir: Path, *, verbose: int = 1, cluster=None,
+                  backup_dir: Path | None = None) -> dict:
+    """Train (or load, when ``DONE`` exists) each member; returns ``{name: (val_probs, test_probs, seconds)}``.
+
+    Under a multi-worker ``cluster`` every worker trains each member the chief has not finished;
+    only the chief writes, predicts and returns anything (other workers return ``{}``).
+    """
     import keras
 
     from histoedge.training.recipes import get_recipe
     from histoedge.training.trainer import train_member
 
+    chief = cluster is None or cluster.is_chief
     images, labels = dataset.images, dataset.labels
     out = {}
     for name in names:
@@ -171,33 +177,71 @@ def train_members(names, config, dataset, splits, run_dir: Path, *, verbose: int
         recipe = get_recipe(name, config)
         started = time.time()
         done = member_dir / "DONE"
-        if done.is_file():
+        finished = chief and done.is_file()
+        if cluster is not None and cluster.kind == "multi-worker":
+            from histoedge.training.distributed import broadcast
+            finished = bool(broadcast(cluster, np.array([finished], np.int64))[0])
+        train_data = (images[splits["train"]], labels[splits["train"]])
+        val_data = (images[splits["val"]], labels[splits["val"]])
+        if finished:
+            if not chief:
+                continue
             log.info("member %s: finished earlier, loading %s", name, member_dir / "model.keras")
             model = keras.models.load_model(member_dir / "model.keras", compile=False)
             seconds = _done_seconds(done)
+        elif cluster is not None:
+            from histoedge.training.distributed import train_member_distributed
+            log.info("member %s: training (%s, %d replicas)", name, cluster.kind, cluster.replicas)
+            model = train_member_distributed(
+                cluster, recipe, config, train_data, val_data, dataset.classes,
+                member_dir if chief else None, Path(backup_dir or run_dir / "backup") / name, verbose=verbose)
+            seconds = time.time() - started
+            if not chief:
+                continue
         else:
             log.info("member %s: training", name)
             member_dir.mkdir(parents=True, exist_ok=True)
-            model = train_member(recipe, config, train_data=(images[splits["train"]], labels[splits["train"]]),
-                                 val_data=(images[splits["val"]], labels[splits["val"]]), classes=dataset.classes,
-                                 out_dir=member_dir, verbose=verbose)
+            model = train_member(recipe, config, train_data=train_data, val_data=val_data,
+                                 classes=dataset.classes, out_dir=member_dir, verbose=verbose)
             seconds = time.time() - started
         batch = config.training.batch_size
         out[name] = (_predict(model, images[splits["val"]], batch), _predict(model, images[splits["test"]], batch),
                      seconds)
         if not done.is_file():
             done.write_text(json.dumps({"train_seconds": round(seconds, 1)}) + "\n")
-        keras.backend.clear_session()
+        if cluster is None:  # a multi-worker strategy's collectives outlive a cleared session badly
+            keras.backend.clear_session()
     return out
 
 
-def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) -> dict:
-    """Train, combine, evaluate and report; returns the content of ``RUN/metrics.json``."""
+def _shared_splits(cluster, splits: dict | None, count: int) -> dict:
+    """The chief's split on every worker (only the chief can read a resumed run's splits.csv)."""
+    from histoedge.training.distributed import broadcast
+
+    names = ("train", "val", "test")
+    codes = np.full(count, -1, np.int64)
+    for code, name in enumerate(names):
+        if splits is not None:
+            codes[splits[name]] = code
+    codes = broadcast(cluster, codes)
+    return {name: np.flatnonzero(codes == code).astype(np.int64) for code, name in enumerate(names)}
+
+
+def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cluster=None,
+              backup_dir: str | Path | None = None) -> dict | None:
+    """Train, combine, evaluate and report; returns the content of ``RUN/metrics.json``.
+
+    Args:
+        cluster: a :class:`training.distributed.Cluster` to train the members under (None: this
+            process alone).  Only its chief writes ``out``; other workers return None.
+        backup_dir: where each worker keeps its per-member backup folders (default ``out/backup``).
+    """
     from histoedge.training.data import load_dataset, write_splits_csv
     from histoedge.training.report import dataset_summary, save_predictions, write_report
 
     run_dir = Path(out)
-    if run_dir.exists() and not run_dir.is_dir():
+    chief = cluster is None or cluster.is_chief
+    if chief and run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir} exists and is not a folder")
     names = list(config.ensemble.members) if ensemble else [config.recipe]
     if not names or len(set(names)) != len(names):
@@ -208,8 +252,15 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     dataset = load_dataset(data, image_size=config.data.image_size, label=config.data.label,
                            magnification=config.data.magnification)
     config = with_augmentation_preset(config, dataset)
-    check_resumable(run_dir, config)
-    splits = resolve_splits(run_dir, dataset, config)
+    if chief:
+        check_resumable(run_dir, config)
+    splits = resolve_splits(run_dir, dataset, config) if chief else None
+    if cluster is not None and cluster.kind == "multi-worker":
+        splits = _shared_splits(cluster, splits, len(dataset.labels))
+    if not chief:
+        train_members(names, config, dataset, splits, run_dir, verbose=verbose, cluster=cluster,
+                      backup_dir=backup_dir)
+        return None
 
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in _RUN_OUTPUTS:  # results of an earlier attempt must not outlive a failing rerun
@@ -227,7 +278,8 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1) ->
     patients = [r.patient for r in dataset.records]
     val_patients = [patients[i] for i in splits["val"]]
     test_patients = [patients[i] for i in splits["test"]]
-    member_probs = train_members(names, config, dataset, splits, run_dir, verbose=verbose)
+    member_probs = train_members(names, config, dataset, splits, run_dir, verbose=verbose, cluster=cluster,
+                                 backup_dir=backup_dir)
 
     def threshold_for(val_p):
         if not binary:
@@ -373,8 +425,17 @@ def cli_train(args) -> int:
 
     overrides = [*(args.overrides or []), *(["distill.enabled=true"] if getattr(args, "distill", False) else [])]
     config = load_config(args.config, overrides, **{name: getattr(args, name) for name in CLI_FLAGS})
+    cluster = None
+    if getattr(args, "distributed", None) != "off":
+        from histoedge.training.distributed import cluster_from
+        cluster = cluster_from(getattr(args, "distributed", None) or "auto")
     started = time.time()
-    metrics = train_run(args.data, args.out, config, ensemble=args.ensemble, verbose=2 if args.quiet else 1)
+    metrics = train_run(args.data, args.out, config, ensemble=args.ensemble, verbose=2 if args.quiet else 1,
+                        cluster=cluster, backup_dir=getattr(args, "backup_dir", None))
+    if metrics is None:
+        print(f"worker {cluster.task}: members trained ({time.time() - started:.0f} s); "
+              "the chief writes the run directory")
+        return 0
     print(f"\nTest split ({metrics['dataset']['per_split'].get('test', {}).get('n', '?')} images), "
           f"{metrics['method']} of {', '.join(metrics['members'])}:")
     print(format_summary(metrics))

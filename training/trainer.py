@@ -19,7 +19,9 @@ import dataclasses
 import logging
 import math
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,36 +57,107 @@ def member_seed(seed: int, recipe_name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(recipe_name.encode())) % (2**31 - 1)
 
 
-def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
-                 val_data: tuple[np.ndarray, np.ndarray], classes: list[str], out_dir: Path,
-                 *, verbose: int = 1):
-    """Train one member and save it.
+@dataclass
+class MemberPlan:
+    """One member ready to train: data after the imbalance strategy, the model compiled with the
+    recipe's loss and optimizer, and the recipe's Keras callbacks (history, deferred re-weighting,
+    plateau scaling, early stopping) in the order ``fit`` runs them.
 
-    Args:
-        recipe: what to train (:func:`training.recipes.get_recipe`).
-        config: the run configuration; the recipe's overrides are merged over it.
-        train_data: (uint8 images [N, S, S, 3], int labels [N]); the imbalance strategy is applied
-            to these only.
-        val_data: validation (images, labels); never resampled or augmented.
-        classes: class names, index = label.
-        out_dir: receives ``model.keras`` (standard layers only) and ``history.csv``.
-        verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    :func:`train_member` hands these to ``fit``; the multi-worker loop
+    (:mod:`training.distributed`) drives the same objects itself.
+    """
 
-    Returns:
-        The trained ``keras.Model`` (softmax "probabilities" output), best weights restored when
-        early stopping with ``restore_best_weights`` is on.
+    recipe: Recipe
+    config: TrainConfig
+    model: Any
+    loss: Any
+    class_weight: dict[int, float] | None
+    counts: Any
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    num_classes: int
+    epochs: int
+    batch_size: int
+    seed: int
+    history: Any = None
+    schedule: Any = None
+    callbacks: list = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train[1]) / self.batch_size)
+
+    def datasets(self, rows: tuple[int, int] | None = None):
+        """(training, validation) ``tf.data`` pipelines of global batches of ``batch_size``;
+        ``rows=(first, step)`` keeps one replica's rows of each (see ``make_tf_dataset``)."""
+        from histoedge.training.data import pipeline
+
+        train = pipeline.make_tf_dataset(*self.train, self.num_classes, batch_size=self.batch_size,
+                                         training=True, augment=self.config.augmentation, seed=self.seed,
+                                         rows=rows)
+        val = pipeline.make_tf_dataset(*self.val, self.num_classes, batch_size=self.batch_size,
+                                       training=False, augment=None, seed=self.seed, rows=rows)
+        return train, val
+
+    def compile_phase(self, phase, *, verbose: int = 1) -> None:
+        """Set the trainable layers, compile, and build the callbacks for one training phase."""
+        import keras
+
+        from histoedge.training.callbacks.drw import DeferredReweighting
+        from histoedge.training.callbacks.plateau import ReduceLROnPlateau
+        from histoedge.training.finetune import set_trainable
+        from histoedge.training.schedules import build_optimizer, build_schedule
+
+        cfg, recipe = self.config, self.recipe
+        unfrozen = set_trainable(self.model, phase, cfg.training.fine_tune)
+        if cfg.model.backbone != "custom":
+            log.info("member %s: phase %s, epochs %d-%d, learning rate x%g, %d backbone layers trainable",
+                     recipe.name, phase.name, phase.start + 1, phase.end, phase.lr_scale, len(unfrozen))
+        optimizer_config = dataclasses.replace(
+            cfg.optimizer, learning_rate=cfg.optimizer.learning_rate * phase.lr_scale)
+        # The schedule of each phase spans that phase only, so phase 2 starts at its own rate.
+        self.schedule = build_schedule(optimizer_config, self.steps_per_epoch, phase.epochs)
+        self.model.compile(optimizer=build_optimizer(optimizer_config, self.schedule), loss=self.loss,
+                           metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+        drw_epoch = recipe.drw_start_epoch(self.epochs) if recipe.uses_drw else 0
+        callbacks = [self.history] if self.history is not None else []
+        plateau = None
+        if cfg.training.reduce_on_plateau.enabled:
+            rop = cfg.training.reduce_on_plateau
+            plateau = ReduceLROnPlateau(self.schedule, monitor=rop.monitor, factor=rop.factor,
+                                        patience=rop.patience, min_lr=rop.min_lr,
+                                        verbose=int(verbose > 0))
+        if recipe.uses_drw:
+            callbacks.append(DeferredReweighting(self.loss, self.counts, drw_epoch, beta=recipe.drw_beta,
+                                                 reset=[plateau] if plateau else []))
+        if plateau is not None:
+            callbacks.append(plateau)
+        if cfg.training.early_stopping.enabled:
+            stop = cfg.training.early_stopping
+            # With DRW the loss changes at drw_epoch; only the re-weighted phase is compared, so
+            # the model always gets its re-weighting stage and "best" compares like with like.
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor=stop.monitor, patience=stop.patience,
+                restore_best_weights=stop.restore_best_weights, start_from_epoch=drw_epoch,
+                verbose=int(verbose > 0)))
+        self.callbacks = callbacks
+
+
+def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
+                   val_data: tuple[np.ndarray, np.ndarray], classes: list[str],
+                   out_dir: Path | None) -> MemberPlan:
+    """Check the data, apply the imbalance strategy, build the loss and the (uncompiled) model.
+
+    Call it inside ``strategy.scope()`` to place the variables with a ``tf.distribute``
+    strategy.  Arguments as :func:`train_member`; ``out_dir=None`` writes nothing (no
+    ``history.csv``), as on a non-chief worker.
     """
     import keras
 
     from histoedge.training import losses
-    from histoedge.training.callbacks.drw import DeferredReweighting
     from histoedge.training.callbacks.history import HistoryCSV
-    from histoedge.training.callbacks.plateau import ReduceLROnPlateau
-    from histoedge.training.data.pipeline import make_tf_dataset
     from histoedge.training.imbalance import apply_imbalance, class_counts
-    from histoedge.training.finetune import plan_phases, set_trainable
     from histoedge.training.models.backbones import build_model
-    from histoedge.training.schedules import build_optimizer, build_schedule
 
     cfg = recipe.resolve(config)
     num_classes = len(classes)
@@ -112,57 +185,74 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
     loss = losses.get(recipe.loss, num_classes=num_classes, class_counts=counts.tolist(),
                       label_smoothing=cfg.training.label_smoothing)
     model = build_model(cfg.model, num_classes, image_size)
-    steps_per_epoch = math.ceil(len(y_train) / batch_size)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    history = HistoryCSV(out_dir / "history.csv")
-    drw_epoch = recipe.drw_start_epoch(epochs) if recipe.uses_drw else 0
-    train_ds = make_tf_dataset(x_train, y_train, num_classes, batch_size=batch_size, training=True,
-                               augment=cfg.augmentation, seed=seed)
-    val_ds = make_tf_dataset(x_val, y_val, num_classes, batch_size=batch_size, training=False,
-                             augment=None, seed=seed)
-    backbone = cfg.model.backbone != "custom"
-    for phase in plan_phases(cfg, backbone=backbone):
-        unfrozen = set_trainable(model, phase, cfg.training.fine_tune)
-        if backbone:
-            log.info("member %s: phase %s, epochs %d-%d, learning rate x%g, %d backbone layers trainable",
-                     recipe.name, phase.name, phase.start + 1, phase.end, phase.lr_scale, len(unfrozen))
-        optimizer_config = dataclasses.replace(
-            cfg.optimizer, learning_rate=cfg.optimizer.learning_rate * phase.lr_scale)
-        # The schedule of each phase spans that phase only, so phase 2 starts at its own rate.
-        schedule = build_schedule(optimizer_config, steps_per_epoch, phase.epochs)
-        model.compile(optimizer=build_optimizer(optimizer_config, schedule), loss=loss,
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-        callbacks = [history]
-        plateau = None
-        if cfg.training.reduce_on_plateau.enabled:
-            rop = cfg.training.reduce_on_plateau
-            plateau = ReduceLROnPlateau(schedule, monitor=rop.monitor, factor=rop.factor,
-                                        patience=rop.patience, min_lr=rop.min_lr,
-                                        verbose=int(verbose > 0))
-        if recipe.uses_drw:
-            callbacks.append(DeferredReweighting(loss, counts, drw_epoch, beta=recipe.drw_beta,
-                                                 reset=[plateau] if plateau else []))
-        if plateau is not None:
-            callbacks.append(plateau)
-        if cfg.training.early_stopping.enabled:
-            stop = cfg.training.early_stopping
-            # With DRW the loss changes at drw_epoch; only the re-weighted phase is compared, so
-            # the model always gets its re-weighting stage and "best" compares like with like.
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor=stop.monitor, patience=stop.patience,
-                restore_best_weights=stop.restore_best_weights, start_from_epoch=drw_epoch,
-                verbose=int(verbose > 0)))
-        model.fit(train_ds, validation_data=val_ds, epochs=phase.end, initial_epoch=phase.start,
-                  class_weight=class_weight, callbacks=callbacks, shuffle=False, verbose=verbose)
-    save_model(model, out_dir / "model.keras")
-    return model
+    history = None
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        history = HistoryCSV(Path(out_dir) / "history.csv")
+    return MemberPlan(recipe=recipe, config=cfg, model=model, loss=loss, class_weight=class_weight,
+                      counts=counts, train=(x_train, y_train), val=(x_val, y_val), num_classes=num_classes,
+                      epochs=epochs, batch_size=batch_size, seed=seed, history=history)
 
 
-def save_model(model, path: Path) -> None:
+def plan_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
+                val_data: tuple[np.ndarray, np.ndarray], classes: list[str], out_dir: Path | None,
+                *, verbose: int = 1) -> MemberPlan:
+    """:func:`prepare_member` compiled for its single training phase (the multi-worker loop).
+
+    Raises:
+        ConfigError: the member trains in two phases (a pretrained backbone: head, then
+            fine-tuning), which the multi-worker loop does not run.
+    """
+    from histoedge.training.finetune import plan_phases
+
+    plan = prepare_member(recipe, config, train_data, val_data, classes, out_dir)
+    phases = plan_phases(plan.config, backbone=plan.config.model.backbone != "custom")
+    if len(phases) != 1:
+        raise ConfigError(f"member {recipe.name}: multi-worker training runs one training phase; "
+                          "a pretrained backbone fine-tunes in two (train it with --distributed mirrored or off)")
+    plan.compile_phase(phases[0], verbose=verbose)
+    return plan
+
+
+def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
+                 val_data: tuple[np.ndarray, np.ndarray], classes: list[str], out_dir: Path,
+                 *, verbose: int = 1):
+    """Train one member and save it.
+
+    Args:
+        recipe: what to train (:func:`training.recipes.get_recipe`).
+        config: the run configuration; the recipe's overrides are merged over it.
+        train_data: (uint8 images [N, S, S, 3], int labels [N]); the imbalance strategy is applied
+            to these only.
+        val_data: validation (images, labels); never resampled or augmented.
+        classes: class names, index = label.
+        out_dir: receives ``model.keras`` (standard layers only) and ``history.csv``.
+        verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+
+    Returns:
+        The trained ``keras.Model`` (softmax "probabilities" output), best weights restored when
+        early stopping with ``restore_best_weights`` is on.  Called inside a single-process
+        ``tf.distribute`` strategy's scope (``MirroredStrategy``), ``fit`` splits each global
+        batch over its replicas.
+    """
+    from histoedge.training.finetune import plan_phases
+
+    plan = prepare_member(recipe, config, train_data, val_data, classes, Path(out_dir))
+    train_ds, val_ds = plan.datasets()
+    for phase in plan_phases(plan.config, backbone=plan.config.model.backbone != "custom"):
+        plan.compile_phase(phase, verbose=verbose)
+        plan.model.fit(train_ds, validation_data=val_ds, epochs=phase.end, initial_epoch=phase.start,
+                       class_weight=plan.class_weight, callbacks=plan.callbacks, shuffle=False, verbose=verbose)
+    save_model(plan.model, Path(out_dir) / "model.keras")
+    return plan.model
+
+
+def save_model(model, path: Path | None):
     """Save the architecture and weights only (no optimizer, no custom loss), so the file loads
-    with ``keras.models.load_model(path, compile=False)`` and nothing registered."""
+    with ``keras.models.load_model(path, compile=False)`` and nothing registered.
+
+    Returns that plain copy (outside any ``tf.distribute`` scope); ``path=None`` saves nothing.
+    """
     import warnings
 
     import keras
@@ -172,4 +262,6 @@ def save_model(model, path: Path) -> None:
     with warnings.catch_warnings():
         # Keras' weight writer trips numpy 2's __array__(copy=...) deprecation; nothing to act on.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message="__array__")
-        clean.save(path)
+        if path is not None:
+            clean.save(path)
+    return clean

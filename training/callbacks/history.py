@@ -31,6 +31,17 @@ class HistoryCSV(keras.callbacks.Callback):
         self.path = Path(path)
         self.rows: list[dict[str, float]] = []
 
+    def resume(self, epochs_done: int) -> None:
+        """Keep the rows of the first ``epochs_done`` epochs already in the file (after a restore
+        from a backup), so the history stays whole across a restart."""
+        self.rows = []
+        if self.path.is_file():
+            with self.path.open(newline="") as handle:
+                self.rows = [{key: float(value) for key, value in row.items() if value != ""}
+                             for row in csv.DictReader(handle) if float(row["epoch"]) <= epochs_done]
+            for row in self.rows:
+                row["epoch"] = int(row["epoch"])
+
     def on_epoch_end(self, epoch, logs=None):
         # One instance may serve several fit() calls (two-phase fine-tuning continues at
         # initial_epoch): a repeated epoch replaces the rows from there on.

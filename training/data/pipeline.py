@@ -26,7 +26,7 @@ from histoedge.training.data.profile import resolve_augmentation
 
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
                     batch_size: int, training: bool, augment: AugmentConfig | None = None,
-                    seed: int = 0) -> tf.data.Dataset:
+                    seed: int = 0, rows: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Build the input pipeline for one split.
 
     Args:
@@ -39,6 +39,10 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
             chosen from ``images``); only used when ``training`` is True. Pass
             ``AugmentConfig.none()`` to shuffle only.
         seed: seed of the shuffle order and of the augmentations.
+        rows: ``(first, step)`` keeps rows ``first, first + step, ...`` of every batch, before
+            augmentation: one replica's part of a global batch under ``tf.distribute``
+            (:mod:`training.distributed`). The batches, their order and their augmentation
+            seeds stay those of the whole pipeline.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images float32 [B, S, S, 3], one-hot float32 [B, C])``.
@@ -57,15 +61,23 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
         raise DataError(f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    if rows is not None and not 0 <= rows[0] < rows[1]:
+        raise DataError(f"rows must be (first, step) with 0 <= first < step, got {rows}")
     config = resolve_augmentation(augment if augment is not None else AugmentConfig(), images) \
         if training else None
 
     def to_model_inputs(x, y):
         return tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32)
 
+    def part(batches):
+        if rows is None:
+            return batches
+        first, step = rows
+        return batches.map(lambda x, y: (x[first::step], y[first::step]))
+
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
     if not training:
-        return (dataset.batch(batch_size)
+        return (part(dataset.batch(batch_size))
                 .map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .prefetch(tf.data.AUTOTUNE))
 
@@ -77,6 +89,6 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
         x, y = to_model_inputs(*batch)
         return augment_batch(x, config, seed_pair), y
 
-    return (tf.data.Dataset.zip((dataset.batch(batch_size), seeds))
+    return (tf.data.Dataset.zip((part(dataset.batch(batch_size)), seeds))
             .map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
