@@ -215,16 +215,17 @@ def train_members(names, config, dataset, splits, run_dir: Path, *, verbose: int
 
 
 def _shared_splits(cluster, splits: dict | None, count: int) -> dict:
-    """The chief's split on every worker (only the chief can read a resumed run's splits.csv)."""
+    """The chief's split, in the chief's order, on every worker (only the chief can read a
+    resumed run's splits.csv; the order fixes the shuffled batches)."""
     from histoedge.training.distributed import broadcast
 
     names = ("train", "val", "test")
-    codes = np.full(count, -1, np.int64)
-    for code, name in enumerate(names):
-        if splits is not None:
-            codes[splits[name]] = code
-    codes = broadcast(cluster, codes)
-    return {name: np.flatnonzero(codes == code).astype(np.int64) for code, name in enumerate(names)}
+    sizes = broadcast(cluster, np.array([len(splits[n]) if splits else 0 for n in names], np.int64))
+    order = np.concatenate([splits[n] for n in names]) if splits else np.zeros(int(sizes.sum()), np.int64)
+    order = broadcast(cluster, order.astype(np.int64))
+    if len(order) > count:
+        raise RunError("the chief's split names more images than this worker loaded; give every worker the same --data")
+    return dict(zip(names, np.split(order, np.cumsum(sizes)[:2])))
 
 
 def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cluster=None,

@@ -24,9 +24,11 @@ from histoedge.training.distributed import cluster_from, read_tf_config
 from histoedge.training.errors import RunError
 
 HISTOEDGE = str(Path(sys.executable).parent / "histoedge")
-MEMBER = "class_weight"
-# No dropout and no augmentation: the replicas then compute exactly what one process would.
-TINY = ["--recipe", MEMBER, "--image-size", "32", "--batch-size", "16", "--seed", "0", "--quiet",
+MEMBER = "cw_plain"
+# Balanced class weights and an L2 penalty, but no dropout, batch norm or augmentation: the
+# replicas then compute exactly what one process would.
+TINY = ["--recipe", MEMBER, "--set", "recipes={cw_plain: {base: class_weight, "
+        "regularisation: {regularizer: l2, l2: 0.0001, head_dropout: 0.0}}}", "--image-size", "32", "--batch-size", "16", "--seed", "0", "--quiet",
         "--set", "model.filters=[4, 8]", "--set", "model.block_dropout=[0.0, 0.0]",
         "--set", "model.dense_units=[8]", "--set", "evaluation.bootstrap=20",
         "--set", "augmentation={rotation: 0.0, horizontal_flip: false, vertical_flip: false, zoom: 0.0, "
