@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from histoedge import HistoedgeError
+from histoedge.export.manifest import IMAGE
 from histoedge.serving.client import InferenceClient, channel_target, service_config
 from histoedge.serving.schema import Tensor
 from tests.serving.helpers import MODEL, SIZE, encode, free_port, sample_images, wait_until
@@ -61,7 +62,7 @@ def test_stopping_one_replica_loses_no_request(tmp_path, stop):
             def send(count: int) -> None:
                 for _ in range(count):
                     try:
-                        _, version = client.infer([Tensor("image", "UINT8", images)], MODEL)
+                        _, version = client.infer([Tensor(IMAGE, "UINT8", images)], MODEL)
                         with lock:
                             answered[version] += 1
                     except grpc.RpcError as error:
