@@ -25,7 +25,8 @@ REQUESTS, THREADS, STOP_AFTER = 2000, 4, 500
 
 def serve(repo: Path, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen([HISTOEDGE, "serve", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(port),
-                             "--metrics-port", "0", "--threads", "1", "--poll-seconds", "0", "--grace-seconds", "5"],
+                             "--metrics-port", "0", "--http-port", "0", "--threads", "1", "--poll-seconds", "0",
+                             "--grace-seconds", "5"],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
