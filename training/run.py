@@ -228,6 +228,17 @@ def _shared_splits(cluster, splits: dict | None, count: int) -> dict:
     return dict(zip(names, np.split(order, np.cumsum(sizes)[:2])))
 
 
+def _check_same_images(cluster, dataset, splits: dict) -> None:
+    """Fail when this worker's training images (after stain normalisation) differ from the chief's."""
+    from histoedge.training.distributed import broadcast
+
+    images = dataset.images[splits["train"]].astype(np.float64)
+    mine = np.array([images.sum(), (images * (1 + np.arange(len(images)) % 7)[:, None, None, None]).sum()])
+    if not np.array_equal(mine, broadcast(cluster, mine)):
+        raise RunError(f"worker {cluster.task}: the training images differ from the chief's after loading and "
+                       "stain normalisation; give every worker the same --data and histoedge version")
+
+
 def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cluster=None,
               backup_dir: str | Path | None = None) -> dict | None:
     """Train, combine, evaluate and report; returns the content of ``RUN/metrics.json``.
@@ -259,6 +270,12 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
     if cluster is not None and cluster.kind == "multi-worker":
         splits = _shared_splits(cluster, splits, len(dataset.labels))
     if not chief:
+        import tempfile
+
+        from histoedge.training.data.stain import normalise_dataset
+        with tempfile.TemporaryDirectory() as scratch:  # the same normalisation, nothing written to --out
+            normalise_dataset(config, dataset, splits["train"], Path(scratch))
+        _check_same_images(cluster, dataset, splits)
         train_members(names, config, dataset, splits, run_dir, verbose=verbose, cluster=cluster,
                       backup_dir=backup_dir)
         return None
@@ -271,6 +288,8 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
     write_splits_csv(run_dir / "splits.csv", dataset, splits)
     from histoedge.training.data.stain import normalise_dataset
     normalise_dataset(config, dataset, splits["train"], run_dir)  # every split, before any model sees it
+    if cluster is not None and cluster.kind == "multi-worker":
+        _check_same_images(cluster, dataset, splits)
 
     classes = list(dataset.classes)
     binary = len(classes) == 2
