@@ -23,7 +23,7 @@ from histoedge.serving.settings import ServerSettings
 ROOT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 KSERVE = json.loads((Path(__file__).resolve().parent / "kserve_crd_schemas.json").read_text())
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")  # gRPC probes are GA from 1.27
-KUSTOMIZATIONS = ("base", "overlays/hospital", "overlays/demo")
+KUSTOMIZATIONS = ("base", "overlays/hospital", "overlays/demo", "training")
 
 
 def kustomize(folder: str) -> list[dict]:
@@ -93,7 +93,7 @@ def test_every_object_is_valid(rendered):
         for document in documents:
             validate(document)
             counts[document["kind"]] = counts.get(document["kind"], 0) + 1
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Job",
             "ServingRuntime", "InferenceService"} <= set(counts), counts
 
 
@@ -162,10 +162,15 @@ def test_overlay_sets_image_model_source_replicas_and_tls(rendered):
     assert {doc["metadata"].get("namespace") for doc in documents} == {"pathology"}
 
 
-def test_kserve_runtime(rendered):
+def test_kserve_runtime_and_training_job(rendered):
     runtime = one(rendered["kserve"], "ServingRuntime")["spec"]
     assert runtime["protocolVersions"] == ["grpc-v2"]
     container = runtime["containers"][0]
     assert container["args"][:2] == ["--repo", "/mnt/models"] and container["ports"][0]["name"] == "h2c"
     model = one(rendered["kserve"], "InferenceService")["spec"]["predictor"]["model"]
     assert model["runtime"] == "histoedge" and model["protocolVersion"] == "grpc-v2" and "storageUri" in model
+    job = one(rendered["training"], "Job")["spec"]
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == 2
+    script = job["template"]["spec"]["containers"][0]["args"][0]
+    assert "TF_CONFIG" in script and "${JOB_COMPLETION_INDEX}" in script and "--distributed" in script
+    assert "--backup-dir /backup" in script
