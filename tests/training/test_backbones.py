@@ -48,6 +48,19 @@ def test_backbone_is_the_keras_application_with_its_own_preprocessing(name):
         np.testing.assert_allclose(fed.predict(pixels, verbose=0), preprocess(pixels.copy()), atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3small", "resnet50"])
+def test_backbone_batch_norm_follows_the_configured_momentum(name, tmp_path):
+    # MobileNetV3 ships 0.999: from random initialisation its moving statistics would not move in a
+    # short run and inference-mode outputs stay at chance. The config's momentum must reach every
+    # batch-norm layer, and survive a save and load.
+    model = build_model(_config(name, "model.batch_norm_momentum=0.8").model, 2, SIZE)
+    norms = [l for l in backbone_of(model).layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert norms and {l.momentum for l in norms} == {0.8}
+    model.save(tmp_path / "m.keras")
+    loaded = backbone_of(keras.models.load_model(tmp_path / "m.keras"))
+    assert {l.momentum for l in loaded.layers if isinstance(l, keras.layers.BatchNormalization)} == {0.8}
+
+
 def test_config_validates_backbone_weights_and_fine_tune_keys():
     with pytest.raises(ConfigError, match="model.backbone must be custom, resnet50"):
         _config("vgg16")
