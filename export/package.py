@@ -152,16 +152,22 @@ def export_run(run_dir: Path, repo: Path, name: str, version: int | None = None,
         description=str(run_dir.resolve()), source_hashes=hashes,
         test_images=test_images, test_labels=test_labels, parity_images=parity,
         calibration=lambda limit: normalised(data.split_images(splits, "train", size, classes, limit=limit)[0]),
-        reference=lambda limit: _run_reference(splits, size, classes, limit),
+        reference=lambda limit: _run_reference(splits, size, classes, limit, normalised),
         field_of_view=run_field_of_view(run_dir, options.mpp, size), stain=stain)
     return _export(source, writer, options)
 
 
-def _run_reference(splits: Path, size: int, classes: tuple[str, ...], limit: int):
-    """Training (up to ``limit``) and validation images, and the files' aspect ratios."""
+def _run_reference(splits: Path, size: int, classes: tuple[str, ...], limit: int, normalised=lambda x: x):
+    """Training (up to ``limit``) and validation images, and the files' aspect ratios.
+
+    The images pass through ``normalised`` (the run's stain normalisation) because the server
+    computes its quality features and predictions on the pixels after its own normalisation: a
+    profile of raw pixels would flag every request of a normalising model as drifted.
+    """
     train, _ = data.split_images(splits, "train", size, classes, limit=limit)
     val, _ = data.split_images(splits, "val", size, classes)
     rows = [r for r in data.read_splits(splits) if r["split"] in ("train", "val")]
+    train, val = normalised(train), normalised(val)
     return np.concatenate([train, val]), val, data.aspect_ratios([Path(r["path"]) for r in rows])
 
 

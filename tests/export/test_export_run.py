@@ -131,3 +131,44 @@ def test_malformed_ensemble_json_is_a_clear_error(runs, tmp_path):
         EnsembleSpec.from_dict(spec)
     with pytest.raises(ExportError, match="no ensemble.json"):
         export_run(tmp_path, tmp_path / "models", "m")
+
+
+def test_the_profile_of_a_stain_normalising_run_describes_normalised_pixels(runs, tmp_path):
+    # The server computes quality features and predictions after its stain normalisation, so the
+    # reference profile must too; a profile of raw pixels would flag every request as drifted.
+    import csv
+    import shutil
+
+    import cv2
+
+    from histoedge.export.stain import STAIN_FILE, fit_reference
+    from histoedge.serving.monitoring.features import FEATURES, image_features
+    from histoedge.serving.monitoring.profile import STAIN_FEATURES
+    from tests.support.he_tiles import he_tiles
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["single"], run)
+    rows = list(csv.DictReader(open(run / "splits.csv", newline="")))
+    tiles = he_tiles(len(rows), size=32, seed=3, stain_shift=1.0)  # another lab's stain
+    for i, row in enumerate(rows):
+        row["path"] = str(tmp_path / f"tile{i}.png")
+        cv2.imwrite(row["path"], cv2.cvtColor(tiles[i], cv2.COLOR_RGB2BGR))
+    with open(run / "splits.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    reference = fit_reference("reinhard", he_tiles(6, size=32, seed=0))
+    (run / STAIN_FILE).write_text(json.dumps(reference.to_dict()))
+
+    export_run(run, tmp_path / "repo", "m")
+    profile = json.loads((tmp_path / "repo" / "m" / "1" / "profile.json").read_text())
+    reference_rows = [i for i, r in enumerate(rows) if r["split"] in ("train", "val")]
+    raw = tiles[reference_rows]
+    stain_columns = [FEATURES.index(n) for n in STAIN_FEATURES]
+
+    def stain_mean(images):
+        return image_features(images)[:, stain_columns].mean(axis=0)
+
+    normalised = stain_mean(reference.normalise_batch(raw)[0])
+    assert np.abs(normalised - stain_mean(raw)).max() > 0.02  # the normalisation does move them
+    np.testing.assert_allclose(profile["stain"]["mean"], normalised, atol=1e-6)
