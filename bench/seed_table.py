@@ -1,0 +1,102 @@
+"""The ensemble judged over several data seeds: one table from finished run directories.
+
+Each run is ``histoedge train --ensemble`` on its own synthetic seed (with ``ensemble.cv_folds``
+set, ``metrics.json`` holds both the validation-fitted and the cross-fitted ensemble). For every
+run the table lists each member and each ensemble with test ROC-AUC (95% patient-bootstrap
+interval), the cross-fitted ensemble's paired ROC-AUC difference to it (same resampled test
+patients), and the test sensitivity at the model's own validation-chosen threshold against the
+target. The closing lines say whether the goals hold on every seed: test sensitivity of the
+ensemble >= 0.93, and no member significantly better than the ensemble.
+
+Example::
+
+    for s in 11 12 13; do
+        histoedge data synth --n 1500 --size 64 --seed $s --out runs/data$s
+        histoedge train --data runs/data$s --out runs/run$s --ensemble --image-size 64 --set ensemble.cv_folds=3
+    done
+    python bench/seed_table.py runs/run11 runs/run12 runs/run13 --out bench/results/seeds.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SENSITIVITY_GOAL = 0.93
+LABELS = {"ensemble": "ensemble, cross-fitted stacking", "ensemble_validation_fit": "ensemble, validation-fitted stacking"}
+
+
+def _interval(values) -> str:
+    return "" if not values else f" ({values[0]:.3f}-{values[1]:.3f})"
+
+
+def _difference(item: dict | None) -> str:
+    if item is None:
+        return ""
+    low, high = item["ci"]
+    flag = " (ensemble better)" if item["a_better"] else " (**model better**)" if item["b_better"] else ""
+    return f"{item['difference']:+.3f} ({low:+.3f}, {high:+.3f}){flag}"
+
+
+def run_rows(run: Path) -> tuple[list[str], dict]:
+    """Markdown rows for one run, and the facts the verdict needs."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    models, members = metrics["models"], metrics["members"]
+    selected = metrics["selected_member"]["name"]
+    versus = {c["versus"]: c for c in metrics.get("comparisons", []) if c["model"] == "ensemble"}
+    rows = []
+    for name in [*members, *[k for k in ("ensemble_validation_fit", "ensemble") if k in models]]:
+        model = models[name]
+        test = model["test"]
+        cross_fitted = str(metrics.get("ensemble_fit", "")).startswith("cross_fitted")
+        label = (LABELS.get(name, name) if cross_fitted or name != "ensemble" else "ensemble, validation-fitted stacking")
+        label = label + (" (validation-selected)" if name == selected else "")
+        sensitivity = test.get("recall")
+        rows.append(f"| {run.name} | {label} | {model['val'].get('roc_auc', float('nan')):.3f} | "
+                    f"{test['roc_auc']:.3f}{_interval(test['ci'].get('roc_auc'))} | "
+                    f"{model['patient'].get('roc_auc', float('nan')):.3f} | {_difference(versus.get(name))} | "
+                    f"{sensitivity:.3f}{_interval(test['ci'].get('recall'))} at {model['threshold']:.3f} |")
+    ensemble = models["ensemble"]
+    facts = {"run": run.name, "data": metrics.get("data"), "ensemble_fit": metrics.get("ensemble_fit"),
+             "test_patients": metrics["dataset"]["per_split"]["test"].get("patients"),
+             "ensemble_sensitivity": ensemble["test"]["recall"],
+             "ensemble_specificity": ensemble["test"].get("specificity"),
+             "target": metrics.get("target_sensitivity"),
+             "members_significantly_better": [c["versus"] for c in versus.values() if c["b_better"]],
+             "selected_member": selected,
+             "ensemble_minus_selected": versus.get(selected, {}).get("difference")}
+    return rows, facts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--json", type=Path, help="also write the per-run facts here")
+    args = parser.parse_args(argv)
+
+    lines = ["| run | model | val ROC-AUC | test ROC-AUC (95% CI, patients resampled) | patient-level ROC-AUC "
+             "| ensemble minus model (95% CI, paired; the cross-fitted one where run) | test sensitivity (95% CI) at its threshold |",
+             "|---|---|---|---|---|---|---|"]
+    facts = []
+    for run in args.runs:
+        rows, fact = run_rows(run)
+        lines += rows
+        facts.append(fact)
+    met = all(f["ensemble_sensitivity"] >= SENSITIVITY_GOAL for f in facts)
+    never_worse = not any(f["members_significantly_better"] for f in facts)
+    lines += ["", f"Ensemble test sensitivity >= {SENSITIVITY_GOAL} on every run: {'yes' if met else '**no**'} "
+              f"({', '.join(format(f['ensemble_sensitivity'], '.3f') for f in facts)}).",
+              f"No member significantly better than the ensemble on any run: {'yes' if never_worse else '**no**'}."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(facts, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
