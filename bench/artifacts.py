@@ -66,9 +66,13 @@ def _write_dataset(folder: Path, size: int, n: int = 48) -> list[tuple[str, int,
     return rows
 
 
-def ensure_run(image_size: int, members: int = 4, *, name: str | None = None) -> Path:
-    """A run directory with ``members`` untrained seed CNNs (stacking ensemble when > 1)."""
-    name = name or f"run{image_size}-m{members}"
+def ensure_run(image_size: int, members: int = 4, *, name: str | None = None, student: bool = False) -> Path:
+    """A run directory with ``members`` untrained seed CNNs (stacking ensemble when > 1).
+
+    ``student=True``: one member, named ``student``, with the distilled student's default
+    architecture (the ``distill`` config section) instead of the seed CNN.
+    """
+    name = name or f"run{image_size}-{'student' if student else f'm{members}'}"
     run = CACHE_DIR / "runs" / name
     if (run / "ensemble.json").exists():
         return run
@@ -80,11 +84,18 @@ def ensure_run(image_size: int, members: int = 4, *, name: str | None = None) ->
     tmp = run.with_name(run.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     keras.utils.set_random_seed(0)
-    recipes = RECIPES[:members]
+    recipes = ("student",) if student else RECIPES[:members]
+    members = len(recipes)
+    model_config = CNNConfig()
+    if student:
+        from histoedge.training.config import load_config
+        from histoedge.training.distill import student_model_config
+
+        model_config = student_model_config(load_config(None, []))
     for recipe in recipes:
         folder = tmp / "members" / recipe
         folder.mkdir(parents=True)
-        build_cnn(CNNConfig(), len(CLASSES), image_size).save(folder / "model.keras")
+        build_cnn(model_config, len(CLASSES), image_size).save(folder / "model.keras")
         (folder / "metrics.json").write_text("{}\n")
         (folder / "history.csv").write_text("epoch,loss\n")
         (folder / "DONE").write_text("")
