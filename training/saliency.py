@@ -36,6 +36,20 @@ def _feature_layer(model):
     raise ValueError(f"model {model.name!r} has no convolutional feature maps for Grad-CAM")
 
 
+def _outer_output(layer):
+    """The layer's output tensor in the graph of the model that calls it.
+
+    For a nested model (a Keras Applications backbone) ``layer.output`` is the tensor of its own
+    inner graph, which is not connected to the outer model's inputs; the tensor of the call in
+    the outer graph is the output of its last inbound node (Keras 3 has no public accessor).
+    """
+    import keras
+
+    if isinstance(layer, keras.Model) and getattr(layer, "_inbound_nodes", None):
+        return layer._inbound_nodes[-1].output_tensors[0]
+    return layer.output
+
+
 def grad_cam(model, images: np.ndarray, class_index: int | np.ndarray) -> np.ndarray:
     """Grad-CAM maps of ``model`` for ``class_index`` (one for all, or one per image).
 
@@ -52,7 +66,7 @@ def grad_cam(model, images: np.ndarray, class_index: int | np.ndarray) -> np.nda
 
     features = _feature_layer(model)
     head = model.layers[-1]
-    explain = keras.Model(model.inputs, [features.output, head.input])
+    explain = keras.Model(model.inputs, [_outer_output(features), head.input])
     x = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     classes = tf.convert_to_tensor(np.broadcast_to(np.asarray(class_index), (len(images),)).astype(np.int32))
     with tf.GradientTape() as tape:

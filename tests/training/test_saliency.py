@@ -38,3 +38,17 @@ def test_pick_examples_takes_the_most_confident_right_and_wrong_per_class():
     probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.05, 0.95], [0.7, 0.3]])
     predicted = probabilities.argmax(axis=1)
     assert pick_examples(labels, probabilities, predicted) == [(0, "right"), (2, "wrong"), (4, "right"), (5, "wrong")]
+
+
+def test_grad_cam_reaches_into_a_nested_backbone():
+    # A Keras Applications backbone is a nested model: its feature maps must be taken from the
+    # outer graph's call, or the explaining model is disconnected from the inputs.
+    from histoedge.training.config import load_config
+    from histoedge.training.models.backbones import build_model
+
+    config = load_config(overrides=["model.backbone=mobilenetv3small", "model.dense_units=[]"], image_size=64)
+    model = build_model(config.model, 2, 64)
+    images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+    maps = grad_cam(model, images, 1)
+    assert maps.shape == (3, 64, 64) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1
