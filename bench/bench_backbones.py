@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                      **evaluate_member(run, member, args.max_auc_drop, args.calibration),
                      "int8_224px_batch1_ms": b1.get("median_ms"), "int8_224px_vs_seed_cnn": b1.get("ms_vs_seed_cnn_int8")})
         print(json.dumps(rows[-1]), flush=True)
-    report = {"run": str(run.resolve()), "image_size": config["data"]["image_size"],
+    report = {"run": str(run), "image_size": config["data"]["image_size"],
               "epochs": config["training"]["epochs"], "weights": "random initialisation", "rows": rows,
               "latency_source": args.latency if latency else None}
     out = Path(args.out)
