@@ -252,6 +252,7 @@ class TrainingConfig(Section):
 
 
 THRESHOLD_RULES = ("patient_lower_bound", "validation_point")
+THRESHOLD_DATA = ("auto", "validation", "out_of_fold")
 PATIENT_AGGREGATIONS = ("mean", "median", "max")
 
 
@@ -272,6 +273,11 @@ class EnsembleConfig(Section):
         cv_folds: 0 (off) or K >= 2: fit the meta-learner on out-of-fold predictions from
             patient-grouped K-fold training over train+validation (costs K more trainings of every
             member).
+        threshold_on: where the cross-fitted ensemble's threshold is chosen: "out_of_fold" (its
+            out-of-fold predictions over train+validation: several times the patients of the
+            validation split, so a hard patient is more likely to be among them), "validation", or
+            "auto" (out_of_fold when cv_folds is set, else validation). Members and the
+            validation-fitted ensemble always use validation.
     """
 
     SECTION: ClassVar[str] = "ensemble"
@@ -282,10 +288,13 @@ class EnsembleConfig(Section):
     threshold_rule: str = setting("patient_lower_bound", choices=THRESHOLD_RULES)
     threshold_confidence: float = setting(0.9, low=0.5, high=1, high_open=True)
     cv_folds: int = setting(0, low=0, high=20)
+    threshold_on: str = setting("auto", choices=THRESHOLD_DATA)
 
     def check(self):
         self.require(len(self.members) >= 1, f"ensemble.members must list at least one recipe, got {self.members!r}")
         self.require(self.cv_folds != 1, "ensemble.cv_folds must be 0 (off) or from 2 to 20, got 1")
+        self.require(self.threshold_on != "out_of_fold" or self.cv_folds >= 2,
+                     "ensemble.threshold_on=out_of_fold needs ensemble.cv_folds >= 2")
 
 
 @dataclass

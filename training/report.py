@@ -208,14 +208,18 @@ def build_blocks(run_dir, metrics: dict, summary: dict, drawn: dict) -> list[tup
 def _threshold_text(metrics: dict, classes) -> str:
     rule = metrics.get("threshold_rule") or {}
     target, threshold = metrics.get("target_sensitivity"), _fmt(metrics.get("threshold"))
+    on_oof = str(rule.get("chosen_on", "")).startswith("out_of_fold")
+    where = ("on the cross-fitted ensemble's out-of-fold predictions over train+validation" if on_oof
+             else "on the validation split")
+    kind = "out-of-fold" if on_oof else "validation"
     if rule.get("rule") == "patient_lower_bound":
-        return (f"Decision threshold on P({classes[1]}) chosen on the validation split as the highest threshold whose "
-                f"patient-bootstrap {100 * rule['confidence']:.0f}% lower bound of validation sensitivity reaches "
-                f"{target} ({rule.get('val_patients')} positive validation patients; lower bound "
-                f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, validation sensitivity "
+        return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold whose "
+                f"patient-bootstrap {100 * rule['confidence']:.0f}% lower bound of {kind} sensitivity reaches "
+                f"{target} ({rule.get('val_patients')} positive patients; lower bound "
+                f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, {kind} sensitivity "
                 f"{_fmt(rule.get('val_sensitivity'))}): ensemble threshold {threshold}.")
-    return (f"Decision threshold on P({classes[1]}) chosen on the validation split as the highest threshold "
-            f"with validation sensitivity >= {target}: ensemble threshold {threshold}.")
+    return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold "
+            f"with {kind} sensitivity >= {target}: ensemble threshold {threshold}.")
 
 
 def _patient_blocks(metrics: dict) -> list[tuple]:

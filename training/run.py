@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # Config keys that only change how finished members are combined or scored; a resumed run may change them.
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
                    ("ensemble", "members"), ("ensemble", "threshold_rule"), ("ensemble", "threshold_confidence"),
-                   ("ensemble", "cv_folds"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
+                   ("ensemble", "cv_folds"), ("ensemble", "threshold_on"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
                    ("recipe",)}
 THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
 # Sections that only concern the distilled student: a finished run may gain (or retrain) one.
@@ -301,12 +301,12 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
     member_probs = train_members(names, config, dataset, splits, run_dir, verbose=verbose, cluster=cluster,
                                  backup_dir=backup_dir)
 
-    def threshold_for(val_p):
+    def threshold_for(val_p, labels=val_y, on_patients=val_patients, data="validation"):
         if not binary:
             return None
-        return select_threshold(config.ensemble.threshold_rule, val_y, val_p[:, 1], target=target,
-                                patients=val_patients, confidence=config.ensemble.threshold_confidence,
-                                rounds=THRESHOLD_ROUNDS, seed=config.seed)
+        return {**select_threshold(config.ensemble.threshold_rule, labels, val_p[:, 1], target=target,
+                                   patients=on_patients, confidence=config.ensemble.threshold_confidence,
+                                   rounds=THRESHOLD_ROUNDS, seed=config.seed), "chosen_on": data}
 
     def score(name, val_p, test_p, choice):
         return score_model(name, val_y, val_p, test_y, test_p, threshold=choice and choice["threshold"],
@@ -325,13 +325,20 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
                                           classes=classes, image_size=config.data.image_size, target_sensitivity=target,
                                           fit_weights=config.ensemble.fit_vote_weights)}
     folds = config.ensemble.cv_folds if method != "single" else 0
+    out_of_fold = None
     if folds:
         combiners["ensemble_validation_fit"] = combiners["ensemble"]
-        combiners["ensemble"] = _cross_fitted(names, method, config, dataset, splits, run_dir, verbose=verbose)
+        combiners["ensemble"], out_of_fold = _cross_fitted(names, method, config, dataset, splits, run_dir,
+                                                           verbose=verbose)
     choices, val_out, test_out = {}, {}, {}
     for key, combiner in combiners.items():
         val_out[key], test_out[key] = combiner.predict_proba(val_list), combiner.predict_proba(test_list)
-        choices[key] = threshold_for(val_out[key])
+        if key == "ensemble" and out_of_fold is not None and config.ensemble.threshold_on != "validation":
+            pool, oof = out_of_fold
+            choices[key] = threshold_for(combiner.predict_proba([oof[n] for n in names]), dataset.labels[pool],
+                                         [patients[i] for i in pool], "out_of_fold (train+validation)")
+        else:
+            choices[key] = threshold_for(val_out[key])
         combiner.threshold = choices[key] and choices[key]["threshold"]
         models[key] = score(key, val_out[key], test_out[key], choices[key])
     combiner = combiners["ensemble"]
@@ -367,7 +374,11 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
 
 
 def _cross_fitted(names, method, config, dataset, splits, run_dir: Path, *, verbose: int):
-    """The meta-learner fitted on out-of-fold predictions over train+validation (never test)."""
+    """The meta-learner fitted on out-of-fold predictions over train+validation (never test).
+
+    Returns the fitted combiner and ``(pool, out_of_fold)``: the train+validation row indices and
+    each member's out-of-fold probabilities of them (for the threshold, ``ensemble.threshold_on``).
+    """
     from histoedge.training.crossfit import crossfit_folds, out_of_fold_predictions, write_summary
 
     pool = np.union1d(splits["train"], splits["val"])
@@ -377,10 +388,11 @@ def _cross_fitted(names, method, config, dataset, splits, run_dir: Path, *, verb
     oof = out_of_fold_predictions(names, config, dataset, pool, folds, run_dir, verbose=verbose)
     np.savez_compressed(run_dir / "crossfit" / "oof.npz", index=pool, labels=dataset.labels[pool],
                         **{f"probs__{n}": p for n, p in oof.items()})
-    return fit_ensemble(method, members=names, val_probs=[oof[n] for n in names], val_labels=dataset.labels[pool],
-                        classes=list(dataset.classes), image_size=config.data.image_size,
-                        target_sensitivity=config.ensemble.target_sensitivity,
-                        fit_weights=config.ensemble.fit_vote_weights)
+    combiner = fit_ensemble(method, members=names, val_probs=[oof[n] for n in names],
+                            val_labels=dataset.labels[pool], classes=list(dataset.classes),
+                            image_size=config.data.image_size, target_sensitivity=config.ensemble.target_sensitivity,
+                            fit_weights=config.ensemble.fit_vote_weights)
+    return combiner, (pool, oof)
 
 
 def judge_ensemble(models: dict, names, test_y, ensembles_test: dict, members_test: dict, clusters, config) -> dict:

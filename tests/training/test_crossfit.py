@@ -99,11 +99,24 @@ def test_run_fits_the_cross_fitted_meta_learner_on_train_and_validation_only(tmp
     real_fit = run_module.fit_ensemble
     monkeypatch.setattr(run_module, "fit_ensemble", lambda method, **kw: fitted.append(kw) or real_fit(method, **kw))
     config = load_config(overrides=["ensemble.cv_folds=2"])
-    ensemble = run_module._cross_fitted(["class_weight", "focal"], "stacking", config, dataset, splits, tmp_path,
-                                        verbose=0)
+    ensemble, (pool, oof) = run_module._cross_fitted(["class_weight", "focal"], "stacking", config, dataset,
+                                                     splits, tmp_path, verbose=0)
     (call,) = fitted
+    # what the threshold may be chosen on (ensemble.threshold_on): train+validation rows only
+    assert sorted(pool.tolist()) == sorted(splits["train"].tolist() + splits["val"].tolist())
+    assert set(oof) == {"class_weight", "focal"} and all(len(p) == len(pool) for p in oof.values())
     n_pool = len(splits["train"]) + len(splits["val"])
     assert len(call["val_labels"]) == n_pool and all(len(p) == n_pool for p in call["val_probs"])
     with np.load(tmp_path / "crossfit" / "oof.npz") as oof:
         assert not set(oof["index"].tolist()) & set(splits["test"].tolist())
     assert ensemble.method == "stacking" and ensemble.members == ["class_weight", "focal"]
+
+
+def test_threshold_on_out_of_fold_needs_cross_fitting():
+    from histoedge import HistoedgeError
+
+    assert load_config(overrides=["ensemble.cv_folds=3"]).ensemble.threshold_on == "auto"
+    with pytest.raises(HistoedgeError, match="threshold_on=out_of_fold needs ensemble.cv_folds"):
+        load_config(overrides=["ensemble.threshold_on=out_of_fold"])
+    with pytest.raises(HistoedgeError, match="threshold_on"):
+        load_config(overrides=["ensemble.threshold_on=test"])

@@ -121,6 +121,20 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
         run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"], epochs=2))
     assert (run / "metrics.json").is_file()
 
+    # Cross-fitting may be added to the finished run: members are reused, the folds are trained, and
+    # the cross-fitted ensemble's threshold is chosen on its out-of-fold predictions (train+validation).
+    monkeypatch.undo()
+    assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"],
+                                      extra=["ensemble.cv_folds=2"])) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ensemble_fit"] == "cross_fitted_2_folds"
+    positives = {s: sum(r["split"] == s and r["label"] == "malignant" for r in _split_rows(run)) for s in ("train", "val")}
+    chosen = metrics["threshold_rule"]
+    assert chosen["chosen_on"].startswith("out_of_fold")
+    assert chosen["val_patients"] == positives["train"] + positives["val"]  # each image its own patient here
+    assert metrics["models"]["ensemble_validation_fit"]["threshold"] is not None
+    assert "out-of-fold predictions over train+validation" in (run / "report.md").read_text()
+
 
 def test_three_class_ensemble_uses_multinomial_stacking(folder_factory, tmp_path):
     data = folder_factory(tmp_path / "data3", classes=("a", "b", "c"), per_class=(16, 16, 16))
