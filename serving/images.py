@@ -5,8 +5,8 @@ small file that claims a huge image (a decompression bomb) is refused without
 allocating it.  Formats whose header we do not parse are refused too.  A JPEG
 must end with its end-of-image marker and hold at least one bit of coded data
 per 8x8 block its header claims (libjpeg would otherwise fill a forged or cut
-frame with grey and return it as if it were whole); OpenCV already refuses cut
-PNG, TIFF and BMP files.  A :class:`DecodeBudget` bounds the memory that all
+frame with grey and return it as if it were whole); the decoder already refuses
+cut PNG, TIFF and BMP files.  A :class:`DecodeBudget` bounds the memory that all
 decodes in flight may use together.
 
 Example::
@@ -21,16 +21,17 @@ import threading
 import time
 from contextlib import contextmanager
 
-import cv2
 import numpy as np
 
 from histoedge.export.manifest import IMAGE_BYTES
+from histoedge.imaging import ImageDecodeError, area_resize, decode_rgb
 from histoedge.serving.errors import InvalidInputError, QueueFullError
 
 DEFAULT_MAX_PIXELS = 2048 * 2048
-# Bytes one decoded pixel may cost while decoding: the 3-byte BGR frame plus
-# decoder working memory (a progressive JPEG keeps its coefficients, 2 bytes each).
-DECODE_BYTES_PER_PIXEL = 6
+# Bytes one decoded pixel may cost while decoding: Pillow's 4-byte frame plus the 3-byte
+# array copied out of it, or the frame plus decoder working memory (a progressive JPEG
+# keeps its coefficients, 2 bytes each).
+DECODE_BYTES_PER_PIXEL = 8
 
 
 class DecodeBudget:
@@ -168,15 +169,16 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int,
 
 
 def _decode(data: bytes, kind: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InvalidInputError(f"could not decode the {kind} image (corrupt or truncated)")
+    # The decoder and the resize are training's (histoedge.imaging): the same pixels.
+    try:
+        image = decode_rgb(data)
+    except ImageDecodeError:
+        raise InvalidInputError(f"could not decode the {kind} image (corrupt or truncated)") from None
     if image.shape[0] * image.shape[1] > max_pixels:  # header and body disagreed
         raise InvalidInputError(f"decoded image is over the limit of {max_pixels} pixels")
-    # Resizing first keeps one full-size frame in memory; a channel swap commutes with it.
     if image.shape[:2] != tuple(size):
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = area_resize(image, size)
+    return image
 
 
 def decode_images(items, size: tuple[int, int], max_pixels: int,

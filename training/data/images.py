@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoedge.imaging import decode_resized
 from histoedge.training.errors import DataError
 from histoedge.training.data.layouts import ImageRecord, scan
 
@@ -80,24 +81,15 @@ class Dataset:
 
 
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """Decode PNG/JPEG/TIFF/BMP bytes to uint8 RGB [S, S, 3] (INTER_AREA resize).
+    """Decode PNG/JPEG/TIFF/BMP bytes to uint8 RGB [S, S, 3] (area resize).
+
+    The server decodes requests with the same function (:mod:`histoedge.imaging`), so a
+    served image reaches the model with the pixels training used.
 
     Raises:
         ValueError: the bytes are empty or not a decodable image.
     """
-    import cv2
-
-    if not data:
-        raise ValueError("empty file")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as error:
-        raise ValueError(f"OpenCV could not decode it ({str(error).strip().splitlines()[-1]})")
-    if image is None or image.size == 0:
-        raise ValueError("not a decodable image (corrupt, truncated or not an image)")
-    if image.shape[:2] != (image_size, image_size):
-        image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return decode_resized(data, (image_size, image_size))
 
 
 def _read(path: str, image_size: int):
