@@ -108,8 +108,15 @@ def _shrink_whole(pixels: np.ndarray, fy: int, fx: int) -> np.ndarray:
     height, width, channels = pixels.shape
     out_h, out_w = height // fy, width // fx
     wide = np.uint16 if fy * fx <= 257 else np.uint32          # integer sums: order is free
-    columns = pixels.reshape(out_h, fy, width * channels).sum(axis=1, dtype=wide)
-    total = columns.reshape(out_h, out_w, fx, channels).sum(axis=2, dtype=np.uint32)
+    # Strided adds (one per row, then per column of a block) beat numpy's axis reductions.
+    rows = pixels.reshape(out_h, fy, width, channels)
+    columns = rows[:, 0].astype(wide)
+    for index in range(1, fy):
+        columns += rows[:, index]
+    blocks = columns.reshape(out_h, out_w, fx, channels)
+    total = blocks[:, :, 0].astype(np.uint32)
+    for index in range(1, fx):
+        total += blocks[:, :, index]
     if fy == 2 and fx == 2:
         return ((total + 2) >> 2).astype(np.uint8)
     scale = np.float32(1.0) / np.float32(fy * fx)
@@ -203,3 +210,49 @@ def decode_resized(data: bytes, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] != tuple(size):
         image = area_resize(image, size)
     return image
+
+
+# OpenCV's 8-bit colour conversions in fixed point (imgproc/src/color_hsv, color_rgb):
+# the tables and shifts below reproduce cv2.COLOR_RGB2HSV and cv2.COLOR_RGB2GRAY exactly.
+_HSV_SHIFT = 12
+with np.errstate(divide="ignore"):
+    _SDIV = np.where(np.arange(256) == 0, 0,
+                     np.rint((255 << _HSV_SHIFT) / np.arange(256.0))).astype(np.int32)
+    _HDIV = np.where(np.arange(256) == 0, 0,
+                     np.rint((180 << _HSV_SHIFT) / (6.0 * np.arange(256.0)))).astype(np.int32)
+_GREY_WEIGHTS = (9798, 19235, 3735)   # R, G, B in 1/2**15 (BT.601 luma; they sum to 2**15)
+
+
+def _max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = np.maximum(np.maximum(red, green), blue)
+    return value, value - np.minimum(np.minimum(red, green), blue), red
+
+
+def rgb_saturation(rgb: np.ndarray) -> np.ndarray:
+    """The S channel of :func:`rgb_to_hsv` alone (int32), for callers that need no hue."""
+    value, diff, _ = _max_min(rgb)
+    return (diff * _SDIV[value] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HSV of uint8 RGB [..., 3] as ``cv2.COLOR_RGB2HSV``: hue 0-179 (degrees / 2), S, V 0-255."""
+    value, diff, red = _max_min(rgb)
+    saturation = (diff * _SDIV[value] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    red, green, blue = (rgb[..., index].astype(np.int32) for index in range(3))
+    diff = diff.astype(np.int32)
+    hue = np.where(value == rgb[..., 0], green - blue,
+                   np.where(value == rgb[..., 1], blue - red + 2 * diff, red - green + 4 * diff))
+    hue = (hue * _HDIV[diff] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    hue += (hue < 0) * 180
+    result = np.empty(rgb.shape, np.uint8)
+    result[..., 0], result[..., 1], result[..., 2] = hue, saturation, value
+    return result
+
+
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 luma of uint8 RGB [..., 3] as ``cv2.COLOR_RGB2GRAY``."""
+    channels = rgb.astype(np.int32)
+    weighted = (channels[..., 0] * _GREY_WEIGHTS[0] + channels[..., 1] * _GREY_WEIGHTS[1]
+                + channels[..., 2] * _GREY_WEIGHTS[2])
+    return ((weighted + (1 << 14)) >> 15).astype(np.uint8)

@@ -2,9 +2,11 @@
 
 The export builds the reference profile with :func:`image_features` from the training and
 validation images, and the server calls the same function on every decoded image, so the
-two can be compared.  Everything is vectorised over the batch and runs on a copy of at most
-:data:`MAX_SIDE` pixels a side (area-downsampled), which keeps it a small fraction of
-inference (``bench/bench_monitoring.py`` measures it).
+two can be compared.  Everything is vectorised over the batch with numpy (no OpenCV in the serve image) and runs
+on a copy of at most :data:`MAX_SIDE` pixels a side (area-downsampled), which keeps it a
+small fraction of inference (``bench/bench_monitoring.py`` measures it).  The colour
+conversions and the resize are OpenCV's arithmetic (:mod:`histoedge.imaging`), so profiles
+exported before stay comparable (``tests/serving/monitoring/test_features_opencv.py``).
 
 Features (one column each, in :data:`FEATURES` order):
 
@@ -25,8 +27,9 @@ Example::
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from histoedge.imaging import area_resize, rgb_saturation, rgb_to_grey
 
 FEATURES = ("od_hematoxylin", "od_eosin", "brightness", "saturation", "focus", "tissue_fraction")
 MAX_SIDE = 112
@@ -37,8 +40,6 @@ _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 # Optical density of each 8-bit level: a table lookup instead of a log per pixel.
 _OD = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
-_OD_LUT = np.repeat(_OD[None, :, None], 3, axis=2)              # [1, 256, 3] for cv2.LUT
-_ONES = np.ones((1, 3), dtype=np.float32)                         # sums R, G, B in cv2.transform
 
 
 def downsample(images: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
@@ -47,8 +48,8 @@ def downsample(images: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     scale = max(height, width) / max_side
     if scale <= 1:
         return images
-    size = (max(1, round(width / scale)), max(1, round(height / scale)))
-    return np.stack([cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images])
+    size = (max(1, round(height / scale)), max(1, round(width / scale)))
+    return np.stack([area_resize(image, size) for image in images])
 
 
 def image_features(images: np.ndarray) -> np.ndarray:
@@ -57,22 +58,35 @@ def image_features(images: np.ndarray) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}")
     result = np.empty((len(images), len(FEATURES)))
-    for row, image in zip(result, downsample(images)):
-        row[:] = _features(np.ascontiguousarray(image))
+    if len(images) == 0:
+        return result
+    small = downsample(images)
+    pixels = small.shape[1] * small.shape[2]
+    od = np.take(_OD, small)                                       # float32 [N, h, w, 3]
+    tissue = (od[..., 0] + od[..., 1] + od[..., 2]) > TISSUE_OD    # summed in float32
+    count = tissue.sum(axis=(1, 2))
+    stains = _mean_od(od, tissue, count) @ _HED_FROM_RGB        # deconvolution is linear
+    result[:, 0], result[:, 1] = stains[:, 0], stains[:, 1]
+    grey = rgb_to_grey(small)
+    result[:, 2] = grey.mean(axis=(1, 2)) / 255.0
+    result[:, 3] = rgb_saturation(small).mean(axis=(1, 2)) / 255.0
+    result[:, 4] = _laplacian(grey).reshape(len(small), -1).var(axis=1)
+    result[:, 5] = count / pixels
     return result
 
 
-def _features(image: np.ndarray) -> tuple[float, ...]:
-    # OpenCV per image: numpy reductions over the 3-channel axis cost several times more.
-    od = cv2.LUT(image, _OD_LUT)                                   # float32 [H, W, 3]
-    _, tissue = cv2.threshold(cv2.transform(od, _ONES), TISSUE_OD, 1, cv2.THRESH_BINARY)
-    tissue = tissue.astype(np.uint8)
-    count = cv2.countNonZero(tissue)
-    share = count / tissue.size
-    mean_od = cv2.mean(od, mask=tissue if count else None)[:3]
-    stains = np.dot(mean_od, _HED_FROM_RGB)                        # deconvolution is linear
-    saturation = cv2.mean(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))[1] / 255.0
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    _, deviation = cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F, ksize=1))
-    return (float(stains[0]), float(stains[1]), cv2.mean(grey)[0] / 255.0, saturation,
-            float(deviation[0, 0]) ** 2, share)
+def _mean_od(od: np.ndarray, tissue: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mean optical density per channel [N, 3] of the tissue pixels (all pixels if none).
+
+    One batched float32 matrix product (BLAS) instead of a masked mean over copies.
+    """
+    keep = np.where(count[:, None, None] > 0, tissue, True).reshape(len(od), 1, -1)
+    total = np.matmul(keep.astype(np.float32), od.reshape(len(od), -1, 3))[:, 0]
+    return total.astype(np.float64) / keep.sum(axis=2)
+
+
+def _laplacian(grey: np.ndarray) -> np.ndarray:
+    """4-neighbour Laplacian of uint8 [N, h, w] (OpenCV's ksize=1 kernel, mirrored border)."""
+    padded = np.pad(grey.astype(np.int16), ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    return (padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+            - 4 * padded[:, 1:-1, 1:-1]).astype(np.float64)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histoedge.imaging import ImageDecodeError, area_resize, decode_resized, decode_rgb
+from histoedge.imaging import (ImageDecodeError, area_resize, decode_resized, decode_rgb, rgb_saturation,
+                               rgb_to_grey, rgb_to_hsv)
 
 
 def _sizes(rng, trial):
@@ -119,3 +120,17 @@ def test_decode_errors_are_value_errors(data, message):
     with pytest.raises(ImageDecodeError, match=message):
         decode_rgb(data)
     assert issubclass(ImageDecodeError, ValueError)
+
+
+def test_colour_conversions_equal_opencv():
+    # every (R, G) pair with 16 blue levels, plus a million random colours (all 16.7 million
+    # agree too; that check takes seconds)
+    levels = np.arange(256)
+    red, green, blue = np.meshgrid(levels, levels, np.arange(0, 256, 17), indexing="ij")
+    grid = np.stack([red, green, blue], -1).astype(np.uint8).reshape(1024, -1, 3)
+    random = np.random.default_rng(11).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    for colours in (grid, random):
+        hsv = cv2.cvtColor(colours, cv2.COLOR_RGB2HSV)
+        np.testing.assert_array_equal(rgb_to_hsv(colours), hsv)
+        np.testing.assert_array_equal(rgb_saturation(colours), hsv[..., 1])
+        np.testing.assert_array_equal(rgb_to_grey(colours), cv2.cvtColor(colours, cv2.COLOR_RGB2GRAY))
