@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histoedge.imaging import area_resize
 from histoedge.serving.errors import SlideError
 from histoedge.serving.slides.tiling import TilePlan
 
@@ -51,11 +52,9 @@ class PipelineSettings:
 
 def read_tile(slide, plan: TilePlan, box) -> np.ndarray:
     """One tile as uint8 RGB at the model's input size (transparent pixels become white)."""
-    import cv2
-
     rgb = _white(np.asarray(slide.read_region((int(box[0]), int(box[1])), plan.level, plan.read_size)))
     if plan.read_size != plan.input_size:
-        rgb = cv2.resize(np.ascontiguousarray(rgb), plan.input_size, interpolation=cv2.INTER_AREA)
+        rgb = area_resize(np.ascontiguousarray(rgb), plan.input_size[::-1])
     return rgb
 
 
@@ -82,7 +81,6 @@ def _white(rgba: np.ndarray) -> np.ndarray:
 def read_batch(slide, plan: TilePlan, boxes: np.ndarray) -> np.ndarray:
     """Tiles at the model's input size.  Neighbouring tiles of a grid row are read with one
     OpenSlide call (each call costs about as much as a small tile) and cut apart."""
-    import cv2
     import openslide
 
     width, height = plan.input_size
@@ -100,7 +98,7 @@ def read_batch(slide, plan: TilePlan, boxes: np.ndarray) -> np.ndarray:
         for index, offset in zip(range(start, stop), offsets):
             tile = strip[:, offset:offset + read_w]
             if (read_w, read_h) != (width, height):
-                tile = cv2.resize(np.ascontiguousarray(tile), (width, height), interpolation=cv2.INTER_AREA)
+                tile = area_resize(np.ascontiguousarray(tile), (height, width))
             batch[index] = tile
     return batch
 

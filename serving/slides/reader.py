@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from histoedge.imaging import area_resize
 from histoedge.serving.errors import SlideError
 
 _STRIP_PIXELS = 1024 * 1024  # pixels read per OpenSlide call when making a thumbnail
@@ -159,8 +160,6 @@ def thumbnail(slide, size: tuple[int, int]) -> np.ndarray:
     interpolation), so memory stays at one strip whatever the slide's size.
     Transparent pixels (outside the scanned area) become white.
     """
-    import cv2
-
     width, height = slide.dimensions
     out_w, out_h = size
     level = slide.get_best_level_for_downsample(min(width / out_w, height / out_h))
@@ -179,8 +178,7 @@ def thumbnail(slide, size: tuple[int, int]) -> np.ndarray:
         if rgba[..., 3].min() < 255:  # integer compositing over white: no float copies of the strip
             alpha = rgba[..., 3:].astype(np.uint16)
             rgb = ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
-        result[out_top:out_bottom] = cv2.resize(rgb, (out_w, out_bottom - out_top),
-                                                interpolation=cv2.INTER_AREA)
+        result[out_top:out_bottom] = area_resize(np.ascontiguousarray(rgb), (out_bottom - out_top, out_w))
     return result
 
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from histoedge.imaging import rgb_to_hsv
+from histoedge.serving.slides.morphology import CROSS, closing, component_areas, dilate_box, opening, otsu_threshold
+
 # OpenCV hue is degrees / 2
 _PEN_HUE = (35, 124)
 _BLUE_FROM = 90
@@ -50,30 +53,22 @@ class TissueSettings:
 
 def detect_tissue(rgb: np.ndarray, settings: TissueSettings = TissueSettings()) -> np.ndarray:
     """Boolean tissue mask of a uint8 RGB image [h, w, 3] (a slide thumbnail)."""
-    import cv2
-
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB [h, w, 3], got {rgb.dtype} {rgb.shape}")
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hsv = rgb_to_hsv(rgb)
     hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     dark = value < settings.dark
-    pen = _pen(cv2, hue, saturation, settings)
+    pen = _pen(hue, saturation, settings)
     candidates = saturation[~dark & ~pen]
     if candidates.size == 0:
         return np.zeros(rgb.shape[:2], bool)
-    otsu, _ = cv2.threshold(candidates.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    threshold = max(float(otsu), float(settings.min_saturation))
-    mask = ((saturation > threshold) & ~dark & ~pen).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= settings.min_area_pixels
-    return keep[labels]
+    threshold = max(float(otsu_threshold(candidates)), float(settings.min_saturation))
+    mask = (saturation > threshold) & ~dark & ~pen
+    mask = opening(closing(mask, CROSS), CROSS)
+    return mask & (component_areas(mask) >= settings.min_area_pixels)
 
 
-def _pen(cv2, hue: np.ndarray, saturation: np.ndarray, settings: TissueSettings) -> np.ndarray:
+def _pen(hue: np.ndarray, saturation: np.ndarray, settings: TissueSettings) -> np.ndarray:
     """Blue and green ink, with its soft edge.
 
     Green (hue 70-180 degrees) is never H&E.  Blue overlaps the bluest haematoxylin a
@@ -83,13 +78,10 @@ def _pen(cv2, hue: np.ndarray, saturation: np.ndarray, settings: TissueSettings)
     """
     inked = (hue >= _PEN_HUE[0]) & (hue <= _PEN_HUE[1]) & (saturation > settings.pen_saturation)
     green = inked & (hue < _BLUE_FROM)
-    strong = (inked & (saturation > settings.pen_core_saturation)).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(strong, connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= settings.min_area_pixels
-    core = (keep[labels] | green).astype(np.uint8)
-    edge = cv2.dilate(core, np.ones((5, 5), np.uint8)) > 0
-    return (core > 0) | (edge & (hue >= _PEN_HUE[0]) & (hue <= _PEN_HUE[1] + 4))
+    strong = inked & (saturation > settings.pen_core_saturation)
+    core = (strong & (component_areas(strong) >= settings.min_area_pixels)) | green
+    edge = dilate_box(core, 5)
+    return core | (edge & (hue >= _PEN_HUE[0]) & (hue <= _PEN_HUE[1] + 4))
 
 
 def tile_fractions(mask: np.ndarray, boxes: np.ndarray, downsample: float) -> np.ndarray:
@@ -97,10 +89,9 @@ def tile_fractions(mask: np.ndarray, boxes: np.ndarray, downsample: float) -> np
 
     Uses a summed-area table, so it costs O(1) per box whatever the tile size.
     """
-    import cv2
-
-    integral = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_64F)
     height, width = mask.shape
+    integral = np.zeros((height + 1, width + 1))
+    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
     x0 = np.clip(np.round(boxes[:, 0] / downsample), 0, width).astype(int)
     y0 = np.clip(np.round(boxes[:, 1] / downsample), 0, height).astype(int)
     x1 = np.clip(np.round((boxes[:, 0] + boxes[:, 2]) / downsample), 0, width).astype(int)
