@@ -34,11 +34,16 @@ def dataset_field_of_view(folder: Path) -> FieldOfView | None:
 
 
 def image_size_of(path: Path) -> tuple[int, int] | None:
-    """(height, width) of one image file, or None if it cannot be decoded."""
-    import cv2  # noqa: PLC0415 - export already depends on OpenCV through training's decoder
+    """(height, width) of one image file as stored (EXIF orientation ignored), or None if it
+    cannot be read."""
+    from PIL import Image, UnidentifiedImageError
 
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return None if image is None else (int(image.shape[0]), int(image.shape[1]))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return int(image.height), int(image.width)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
 
 
 def field_of_view(mpp: float | None, dataset: Path | None, sample_images: list[Path],

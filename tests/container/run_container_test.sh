@@ -252,6 +252,8 @@ check "model repository is read-only inside" expect_output 'Read-only file syste
   -v "$WORK/models:/models:ro" "$SERVE_CTR" -- touch /models/x
 check "serve image has no TensorFlow" expect_output "No module named 'tensorflow'" \
   "$SERVE_CTR" -- python -c "import tensorflow"
+check "serve image has no OpenCV (Pillow decodes)" expect_output "No module named 'cv2'" \
+  "$SERVE_CTR" -- python -c "import cv2"
 check "serve image has no compiler or build tools" expect_output '^none$' "$SERVE_CTR" -- sh -c \
   'for tool in gcc cc g++ c++ make ld; do command -v $tool && exit 1; done; echo none'
 
