@@ -34,6 +34,7 @@ import numpy as np
 
 _COEF_BITS = 11                       # OpenCV's INTER_RESIZE_COEF_BITS
 _COEF_SCALE = 1 << _COEF_BITS
+_ORIENTATION = 0x0112                 # the EXIF orientation tag
 
 
 class ImageDecodeError(ValueError):
@@ -53,7 +54,9 @@ def decode_rgb(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            pixels = _to_rgb(ImageOps.exif_transpose(image))
+            # like OpenCV, turn the image upright; reading the tag is cheap, transposing is not
+            upright = image.getexif().get(_ORIENTATION, 1) in (0, 1)
+            pixels = _to_rgb(image if upright else ImageOps.exif_transpose(image))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
