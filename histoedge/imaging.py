@@ -116,10 +116,14 @@ def _shrink_whole(pixels: np.ndarray, fy: int, fx: int) -> np.ndarray:
     columns = rows[:, 0].astype(wide)
     for index in range(1, fy):
         columns += rows[:, index]
-    blocks = columns.reshape(out_h, out_w, fx, channels)
-    total = blocks[:, :, 0].astype(np.uint32)
-    for index in range(1, fx):
-        total += blocks[:, :, index]
+    blocks = columns.reshape(out_h * out_w, fx * channels)
+    total = np.empty((out_h * out_w, channels), np.uint32)
+    for channel in range(channels):                   # long strided columns, not 3-wide rows
+        column = blocks[:, channel].astype(np.uint32)
+        for index in range(1, fx):
+            column += blocks[:, index * channels + channel]
+        total[:, channel] = column
+    total = total.reshape(out_h, out_w, channels)
     if fy == 2 and fx == 2:
         return ((total + 2) >> 2).astype(np.uint8)
     scale = np.float32(1.0) / np.float32(fy * fx)

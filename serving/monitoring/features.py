@@ -49,6 +49,10 @@ def downsample(images: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     if scale <= 1:
         return images
     size = (max(1, round(height / scale)), max(1, round(width / scale)))
+    if height % size[0] == 0 and width % size[1] == 0 and len(images):
+        # whole factors: blocks never straddle two images, so the batch shrinks as one tall image
+        tall = area_resize(images.reshape(-1, width, images.shape[3]), (len(images) * size[0], size[1]))
+        return tall.reshape(len(images), *size, images.shape[3])
     return np.stack([area_resize(image, size) for image in images])
 
 
