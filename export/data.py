@@ -1,7 +1,7 @@
 """Images and labels for export-time checks: parity, test metrics and int8 calibration.
 
-Images are decoded the way the serving side and training do it: OpenCV, BGR to RGB,
-``cv2.resize(..., interpolation=cv2.INTER_AREA)`` to S x S, uint8 [N, S, S, 3].
+Images are decoded the way the serving side and training do it (:mod:`histoedge.imaging`:
+Pillow, then an area resize equal to OpenCV's ``INTER_AREA``) to S x S, uint8 [N, S, S, 3].
 
 Example::
 

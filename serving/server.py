@@ -1,7 +1,7 @@
 """The inference server: OIP over gRPC and REST, health, reflection, metrics, repository watching.
 
 Design: a synchronous ``grpc.server`` with a sized thread pool.  Handler threads
-only convert messages, decode images (OpenCV) and wait on their batch; the
+only convert messages, decode images (Pillow) and wait on their batch; the
 batcher thread of each model version calls onnxruntime, which releases the
 GIL.  The pool is sized so a full batch of waiting requests fits
 (``ServerSettings.workers``).  The REST transport and the status page

@@ -1,6 +1,6 @@
 """Watching a model in production: input quality, drift, abstention and feedback.
 
-Modules (numpy and OpenCV only, so the export imports the same code the server runs):
+Modules (numpy only, so the export imports the same code the server runs):
 
 * :mod:`.features` -- the per-image features, one implementation for export and server;
 * :mod:`.profile` -- the reference profile written at export (``profile.json``);

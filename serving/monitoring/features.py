@@ -2,11 +2,12 @@
 
 The export builds the reference profile with :func:`image_features` from the training and
 validation images, and the server calls the same function on every decoded image, so the
-two can be compared.  Everything is vectorised over the batch with numpy (no OpenCV in the serve image) and runs
-on a copy of at most :data:`MAX_SIDE` pixels a side (area-downsampled), which keeps it a
-small fraction of inference (``bench/bench_monitoring.py`` measures it).  The colour
-conversions and the resize are OpenCV's arithmetic (:mod:`histoedge.imaging`), so profiles
-exported before stay comparable (``tests/serving/monitoring/test_features_opencv.py``).
+two can be compared.  Everything is vectorised over the batch with numpy (the serve image
+has no OpenCV) and runs on a copy of at most :data:`MAX_SIDE` pixels a side
+(area-downsampled), which keeps it a small fraction of inference
+(``bench/bench_monitoring.py`` measures it).  The colour conversions and the resize are
+OpenCV's arithmetic (:mod:`histoedge.imaging`), so profiles exported before stay
+comparable (``tests/serving/monitoring/test_features_opencv.py``).
 
 Features (one column each, in :data:`FEATURES` order):
 

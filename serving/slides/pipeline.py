@@ -1,6 +1,6 @@
 """The bounded tile pipeline: read, resize and classify with every stage overlapping.
 
-Reader threads cut batches of tiles out of the slide (OpenSlide and OpenCV release the
+Reader threads cut batches of tiles out of the slide (OpenSlide and numpy release the
 GIL) while earlier batches are being classified, so the model never waits for the disk.
 At most ``readers + prefetch`` batches are being read and ``concurrency`` are being
 classified at any time, so memory does not grow with the slide: only the tile boxes
