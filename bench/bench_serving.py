@@ -274,6 +274,9 @@ def derive_cpu(results: dict[str, Any], primary: str) -> list[dict[str, Any]]:
               p["overhead_ab"]["cpu_ms"], "<=", 1.0, " ms"),
         check("server (PNG) / seed-style Keras HTTP (CPU time)",
               seed_cpu / min(r["server_cpu_ms_per_request"] for r in png) if seed_cpu else None, ">=", 10),
+        *([check("int8 student server (PNG) / seed-style Keras HTTP (CPU time)",
+                 seed_cpu / min(r["server_cpu_ms_per_request"] for r in results["student"]["runs"]
+                                if r["input"] == "png"), ">=", 25)] if results.get("student") and seed_cpu else []),
         check(f"dynamic batching on / off at c={p['batching_ab']['concurrency']} (CPU time)",
               ab["off"]["server_cpu_ms_per_request"] / max(ab["on"]["server_cpu_ms_per_request"], 1e-9), ">", 1),
     ]
