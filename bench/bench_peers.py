@@ -37,7 +37,7 @@ import numpy as np
 from bench import profiling
 from bench.artifacts import ensure_repo, ensure_run, onnx_path, synthetic_images
 from bench.common import (BENCH_DIR, CACHE_DIR, REPO_ROOT, check, checks_table, core_split, free_port,
-                          machine_info, md_table, pin_self, pinned, quiet_env, serve, write_results)
+                          machine_info, md_table, pin_self, pinned, python_exe, quiet_env, serve, write_results)
 from bench.loadgen import Target, oip_tensor_request, run_load
 from histoedge.export.manifest import IMAGE, PROBABILITIES
 
@@ -141,8 +141,40 @@ def kserve(peers: Path, model: Path, name: str, cores: str | None, latency_loggi
                         log_name=f"kserve-{'latency-log' if latency_logging else 'quiet'}")
 
 
-def systems(peers: Path, repo: Path, model: Path, name: str, cores: str | None) -> list[System]:
-    return [
+def baseline_command(ref: str) -> tuple[list[str], str]:
+    """A ``histoedge`` command line running the code of git ``ref`` (for before/after runs), and its commit."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO_ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    site = CACHE_DIR / "baseline" / sha[:12]
+    if not (site / "histoedge" / "serving" / "__init__.py").exists():
+        tmp = site.with_name(site.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "src").mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", sha, "histoedge", "serving", "export", "training"],
+                                 cwd=REPO_ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp / "src")], input=archive, check=True)
+        # The installed layout: serving/ -> histoedge/serving/ and so on (pyproject's package-dir).
+        (tmp / "src" / "histoedge").rename(tmp / "histoedge")
+        for stage in ("serving", "export", "training"):
+            (tmp / "src" / stage).rename(tmp / "histoedge" / stage)
+        shutil.rmtree(site, ignore_errors=True)
+        tmp.rename(site)
+    code = f"import sys; sys.path.insert(0, {str(site)!r}); from histoedge.cli import main; sys.exit(main())"
+    return [python_exe(), "-c", code], sha
+
+
+def systems(peers: Path, repo: Path, model: Path, name: str, cores: str | None,
+            baseline: str | None = None) -> list[System]:
+    extra = []
+    if baseline:
+        command, sha = baseline_command(baseline)
+        extra.append(System(
+            "histoedge_baseline", f"histoedge at {baseline} ({sha[:8]})",
+            lambda: serve(repo, threads=THREADS, cores=cores, max_batch_size=MAX_BATCH,
+                          max_queue_delay_ms=QUEUE_DELAY_MS, log_name="peers-histoedge-baseline",
+                          command_prefix=command),
+            f"the same flags, the code of `{baseline}` ({sha[:12]}): before/after in one run"))
+    return extra + [
         System("histoedge", "histoedge", lambda: serve(repo, threads=THREADS, cores=cores,
                                                         max_batch_size=MAX_BATCH, max_queue_delay_ms=QUEUE_DELAY_MS,
                                                         log_name="peers-histoedge"),
@@ -303,7 +335,7 @@ def summarise(chosen: list[System], measured_rounds: list[dict[str, Any]]) -> di
 def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's 64 px serving targets, read from this side-by-side run, and histoedge against the best peer."""
     ours = summary["histoedge"]
-    peers = [v for k, v in summary.items() if k not in ("raw", "histoedge")]
+    peers = [v for k, v in summary.items() if k not in ("raw", "histoedge", "histoedge_baseline")]
     # The 0.90 target is judged on CPU time: on a loaded machine the wall-clock fraction swings past
     # 1.0 and back within minutes (raw and the server never run at the same moment), while the
     # CPU a request costs does not depend on what else runs.  Both are in the table.
@@ -312,6 +344,10 @@ def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
               ">=", 0.90),
         check("64 px: histoedge p50 at c=1 minus raw batch-1 p50", ours["overhead_c1_p50_ms"], "<=", 1.0, " ms"),
     ]
+    if "histoedge_baseline" in summary:
+        checks.append(check(f"64 px: {summary['histoedge_baseline']['label']} / this tree, CPU per request at c=16",
+                            summary["histoedge_baseline"]["cpu_ms_per_request_c16"] / ours["cpu_ms_per_request_c16"],
+                            ">=", 1.0))
     if peers:
         checks.append(check("64 px: histoedge / fastest peer at c=16 (throughput)",
                             ours["throughput_c16"] / max(p["throughput_c16"] for p in peers), ">", 1.0))
@@ -358,20 +394,26 @@ def markdown(results: dict[str, Any], chosen: list[System]) -> str:
         *[f"- {system.label}: {system.note}; answers agree with raw onnxruntime to "
           f"{results['agreement_max_abs'][system.key]:.1e}; errors {s[system.key]['errors']}." for system in chosen],
         "",
+        *(peer_notes(results) if any(not s.key.startswith("histoedge") for s in chosen) else []),
+        checks_table(results["checks"]), "",
+    ]
+    return "\n".join(parts)
+
+
+def peer_notes(results: dict[str, Any]) -> list[str]:
+    return [
         "Where the peers lose: MLServer unpacks `raw_input_contents` into a Python tuple of one integer per "
         "byte (`mlserver/raw.py`, 12,288 per 64 px image) and builds pydantic objects around it before NumPy "
         "sees the pixels, and its adaptive batcher adds asyncio queue hand-offs on top; KServe parses with "
         "`np.frombuffer` but wraps each request in its own `InferRequest`/`InferResponse` objects, Prometheus "
         "timers for pre/predict/postprocess and, by default, a log line. All three pay Python's gRPC server per "
-        "request; histoedge alone merges requests into batches that the model runs faster per image.\n",
+        "request; histoedge merges requests into batches as MLServer does, with less Python around each request.\n",
         "The peers' wrappers are in `bench/peer_models/` (MLServer has no onnxruntime runtime of its own: a small "
         "`MLModel`; KServe: a `kserve.Model`); `bash bench/run_peers.sh` installs the peers into their own "
         f"virtual environments (MLServer {results['peer_versions'].get('mlserver', '?')}, KServe "
         f"{results['peer_versions'].get('kserve', '?')}, onnxruntime {results['peer_versions'].get('onnxruntime', '?')} "
         "in both, as ours) and regenerates this table.\n",
-        checks_table(results["checks"]), "",
     ]
-    return "\n".join(parts)
 
 
 def venv_version(venv: Path, package: str) -> str:
@@ -381,19 +423,27 @@ def venv_version(venv: Path, package: str) -> str:
     return out.stdout.strip() or "not installed"
 
 
-def render(quick: bool = False) -> int:
+def title(stem: str, results: dict[str, Any], chosen: list[System]) -> str:
+    if stem == "peers":
+        return "Peers: histoedge, MLServer and KServe on the same model file"
+    return f"Side by side at {results['image_size']} px: {', '.join(s.label for s in chosen)}"
+
+
+def render(quick: bool = False, stem: str = "peers") -> int:
     """Rewrite ``peers.md`` (and the summary in ``peers.json``) from the rounds already measured."""
     from bench.common import RESULTS_DIR
 
-    results = json.loads((RESULTS_DIR / f"peers{'.quick' if quick else ''}.json").read_text())
+    results = json.loads((RESULTS_DIR / f"{stem}{'.quick' if quick else ''}.json").read_text())
     for r in results["rounds"]:          # JSON turned the concurrency keys into strings
         r["systems"] = {k: {int(c): run for c, run in v.items()} for k, v in r["systems"].items()}
-    keys = list(results["rounds"][0]["systems"])
-    chosen = [s for s in systems(Path("."), Path("."), Path("."), "", None) if s.key in keys]
+    if "systems" not in results:         # written before the file listed them: the peers' defaults
+        keys = list(results["rounds"][0]["systems"])
+        results["systems"] = [{"key": s.key, "label": s.label, "note": s.note}
+                              for s in systems(Path("."), Path("."), Path("."), "", None) if s.key in keys]
+    chosen = [System(row["key"], row["label"], None, row["note"]) for row in results["systems"]]
     results["summary"] = summarise(chosen, results["rounds"])
     results["checks"] = derive(results["summary"]) if "histoedge" in results["summary"] else []
-    write_results("peers", results, "Peers: histoedge, MLServer and KServe on the same model file",
-                  markdown(results, chosen), quick=quick)
+    write_results(stem, results, title(stem, results, chosen), markdown(results, chosen), quick=quick)
     return 0
 
 
@@ -406,13 +456,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the model's name in --repo (default: its only model)")
     parser.add_argument("--only", default="", help="comma-separated subset of: histoedge, mlserver_batching, "
                         "mlserver, kserve, kserve_quiet")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also serve histoedge as of this commit (before/after a change, in the same rounds)")
+    parser.add_argument("--out", default="peers", help="results file stem under bench/results/")
     parser.add_argument("--load-note", default="", help="a sentence about other load on the machine, for the md")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: recompute the summary and Markdown from the last results file")
     args = parser.parse_args(argv)
     if args.render:
-        return render(args.quick)
+        return render(args.quick, args.out)
     cfg = QUICK if args.quick else FULL
     info = machine_info()
     cores, client_cores = core_split()
@@ -427,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = onnx_path(repo, name)
     pin_self(client_cores)
     missing = [v for v in ("mlserver-venv", "kserve-venv") if not (args.peers / v / ".installed").exists()]
-    chosen = [s for s in systems(args.peers.resolve(), repo, model, name, cores)
+    chosen = [s for s in systems(args.peers.resolve(), repo, model, name, cores, args.baseline)
               if (not args.only or s.key in args.only.split(","))
               and not (s.key.startswith("mlserver") and "mlserver-venv" in missing)
               and not (s.key.startswith("kserve") and "kserve-venv" in missing)]
@@ -443,12 +496,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "kserve": venv_version(args.peers / "kserve-venv", "kserve"),
                           "onnxruntime": venv_version(args.peers / "kserve-venv", "onnxruntime")},
         "not_installed": missing, "image_size": image_size(model),
+        "systems": [{"key": s.key, "label": s.label, "note": s.note} for s in chosen],
     }
     results.update(measure(chosen, model, images, payloads, cfg, cores, client_cores))
     results["summary"] = summarise(chosen, results["rounds"])
     results["checks"] = derive(results["summary"]) if "histoedge" in results["summary"] else []
-    write_results("peers", results, "Peers: histoedge, MLServer and KServe on the same model file",
-                  markdown(results, chosen), quick=args.quick)
+    write_results(args.out, results, title(args.out, results, chosen), markdown(results, chosen), quick=args.quick)
     return 0
 
 

@@ -230,14 +230,16 @@ def quiet_env(**extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(repo: Path, *, threads: int = 1, max_batch_size: int = 16, max_queue_delay_ms: float = 2.0,
           cores: str | None = None, extra_args: Sequence[str] = (), log_name: str = "server",
-          ready_timeout: float = 120.0, http: bool = False) -> Iterator[dict[str, Any]]:
+          ready_timeout: float = 120.0, http: bool = False,
+          command_prefix: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
     """Start ``histoedge serve`` pinned to ``cores``; yield ``{"address", "pid", "metrics_port"}``.
 
-    With ``http`` the REST port is on too and ``"http_address"`` is in the dict.
+    With ``http`` the REST port is on too and ``"http_address"`` is in the dict;
+    ``command_prefix`` runs another ``histoedge`` (default: :func:`histoedge_command`).
     """
     port, metrics_port = free_port(), free_port()
     http_port = free_port() if http else 0
-    command = pinned([*histoedge_command(), "serve", "--repo", str(repo), "--host", "127.0.0.1",
+    command = pinned([*(command_prefix or histoedge_command()), "serve", "--repo", str(repo), "--host", "127.0.0.1",
                       "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port),
                       "--threads", str(threads), "--max-batch-size", str(max_batch_size),
                       "--max-queue-delay-ms", str(max_queue_delay_ms), *extra_args], cores)

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import time
@@ -250,12 +251,22 @@ class ModelVersion:
         return tensor.data
 
     def output_metadata(self) -> list[TensorMetadata]:
+        return list(self._output_metadata)
+
+    @functools.cached_property
+    def _output_metadata(self) -> tuple[TensorMetadata, ...]:
+        # Built once: asking the session for its outputs on every request cost as much as
+        # decoding the request's tensor (py-spy at 64 px, bench/results/server_profile_64*.md).
         specs = {spec.name: spec.shape for spec in self.manifest.outputs}
         result = []
         for output in self.session.get_outputs():
             graph_shape = tuple(d if isinstance(d, int) else -1 for d in output.shape)
             result.append(TensorMetadata(output.name, "FP32", tuple(specs.get(output.name, graph_shape))))
-        return result + [TensorMetadata(LABEL, "BYTES", (-1,))]
+        return (*result, TensorMetadata(LABEL, "BYTES", (-1,)))
+
+    @functools.cached_property
+    def _output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self._output_metadata)
 
     def _known_outputs(self) -> list[TensorMetadata]:
         """What metadata advertises: the outputs, plus ``quality`` when monitoring is on."""
@@ -264,7 +275,7 @@ class ModelVersion:
 
     def _check_outputs(self, requested: list[str]) -> list[str]:
         """The outputs to return, in order; raise InvalidInputError for unknown names."""
-        known = [spec.name for spec in self.output_metadata()]
+        known = list(self._output_names)
         unknown = [name for name in requested if name not in known]
         if unknown:
             raise InvalidInputError(f"unknown output(s) {[client_text(n) for n in unknown[:4]]}; model '{self.name}' has {known}")
