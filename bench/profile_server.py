@@ -61,7 +61,7 @@ def categorise(stack: Sequence[str]) -> str:
     return "other"
 
 
-def summarise_raw(path: Path, top: int = 15) -> dict[str, Any]:
+def summarise_raw(path: Path, top: int = 40) -> dict[str, Any]:
     """Busy samples by category (first match from the innermost frame) and by innermost frame."""
     by_category: collections.Counter[str] = collections.Counter()
     by_leaf: collections.Counter[str] = collections.Counter()
@@ -75,7 +75,8 @@ def summarise_raw(path: Path, top: int = 15) -> dict[str, Any]:
         stack = stack_text.split(";")
         total += count
         by_category[categorise(stack)] += count
-        by_leaf[stack[-1]] += count
+        # The innermost frame with its caller: "Condition.notify" alone does not say whose hand-off it is.
+        by_leaf[" <- ".join(reversed(stack[-2:]))] += count
         for name, needles in CATEGORIES:
             if any(needle in frame for frame in stack for needle in needles):
                 inclusive[name] += count
@@ -94,7 +95,7 @@ def py_spy() -> str:
 
 
 def profile(repo: Path, name: str, size: int, seconds: float, native: bool, extra_args: Sequence[str],
-            cores: str | None, client_cores: str | None, label: str) -> dict[str, Any]:
+            cores: str | None, client_cores: str | None, label: str, gil: bool = False) -> dict[str, Any]:
     images = synthetic_images(8, size, seed=7)
     payloads = [oip_tensor_request(name, images[i:i + 1]) for i in range(len(images))]
     with serve(repo, threads=1, cores=cores, max_batch_size=16, max_queue_delay_ms=2.0,
@@ -103,9 +104,11 @@ def profile(repo: Path, name: str, size: int, seconds: float, native: bool, extr
         run_load(target, 16, max_requests=10 ** 6, max_seconds=1.0, cores=client_cores)   # warm-up
         out = Path(tempfile.mkstemp(suffix=".txt")[1])
         command = [py_spy(), "record", "--pid", str(server["pid"]), "--duration", str(int(seconds)),
-                   "--rate", "250", "--nonblocking", "--format", "raw", "--nolineno", "-o", str(out)]
-        if native:
-            command.append("--native")
+                   "--rate", "250", "--format", "raw", "--nolineno", "-o", str(out)]
+        # --native needs to pause the process for each sample; Python frames alone can be read without.
+        command.append("--native" if native else "--nonblocking")
+        if gil:
+            command.append("--gil")
         recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)
         before = cpu_seconds(server["pid"])
@@ -127,7 +130,7 @@ def profile(repo: Path, name: str, size: int, seconds: float, native: bool, extr
 
 
 def markdown(results: dict[str, Any]) -> str:
-    parts = [f"py-spy (`--native`, 250 Hz, busy threads only) on `histoedge serve --threads 1` pinned to core "
+    parts = [f"py-spy (`--native`: each sample briefly pauses the server; 250 Hz; busy threads only) on `histoedge serve --threads 1` pinned to core "
              f"`{results['pinning']['server']}`, serving the {results['size']} px int8 ensemble at c=16 (one UINT8 image "
              f"per gRPC ModelInfer request) from the load generator on core `{results['pinning']['client']}`, "
              f"{results['seconds']:g} s per profile. Each sample is given to the first category that matches "
@@ -138,8 +141,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f"server CPU {run['server_cpu_ms_per_request']:.2f} ms per request, {run['samples']} samples\n")
         parts.append(md_table(["where (self time)", "share"], [[r["category"], f"{r['share']:.1%}"]
                                                               for r in run["categories"]]))
-        parts.append("\nInnermost frames:\n")
-        parts.append(md_table(["frame", "share"], [[f"`{r['frame'][:110]}`", f"{r['share']:.1%}"]
+        parts.append("\nInnermost frames (with their caller):\n")
+        parts.append(md_table(["frame", "share"], [[f"`{r['frame'][:160]}`", f"{r['share']:.1%}"]
                                                    for r in run["leaves"]]) + "\n")
     return "\n".join(parts)
 
@@ -150,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="model name in --repo")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-native", action="store_true", help="Python frames only")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL: where the Python work goes (the model releases it)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
                         help="also profile the server with these extra serve flags, e.g. 'no-monitoring=--no-monitoring'")
     parser.add_argument("--out", default="server_profile_64", help="results file stem under bench/results/")
@@ -168,10 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo = ensure_repo(ensure_run(64, 4), name, "int8")
     pin_self(client_cores)
     variants = [("defaults", [])] + [(v.split("=", 1)[0], v.split("=", 1)[1].split()) for v in args.variant]
-    profiles = [profile(repo, name, size, args.seconds, not args.no_native, extra, cores, client_cores, label)
-                for label, extra in variants]
+    profiles = [profile(repo, name, size, args.seconds, not args.no_native, extra, cores, client_cores, label,
+                        args.gil) for label, extra in variants]
     results = {"machine": info, "pinning": {"server": cores, "client": client_cores}, "size": size,
-               "seconds": args.seconds, "profiles": profiles}
+               "seconds": args.seconds, "profiles": profiles, "native": not args.no_native, "gil": args.gil}
     write_results(args.out, results, f"Where `histoedge serve` spends its CPU at {size} px, c=16 (py-spy)",
                   markdown(results))
     return 0
