@@ -37,7 +37,7 @@ import numpy as np
 from bench import profiling
 from bench.artifacts import ensure_repo, ensure_run, onnx_path, synthetic_images
 from bench.common import (BENCH_DIR, CACHE_DIR, REPO_ROOT, check, checks_table, core_split, free_port,
-                          machine_info, md_table, pin_self, pinned, python_exe, quiet_env, serve, write_results)
+                          histoedge_command, machine_info, md_table, pin_self, pinned, python_exe, quiet_env, serve, write_results)
 from bench.loadgen import Target, oip_tensor_request, run_load
 from histoedge.export.manifest import IMAGE, PROBABILITIES
 
@@ -180,6 +180,12 @@ def systems(peers: Path, repo: Path, model: Path, name: str, cores: str | None,
         lambda: serve(repo, threads=THREADS, cores=cores, max_batch_size=MAX_BATCH, max_queue_delay_ms=QUEUE_DELAY_MS,
                       extra_args=["--no-monitoring"], log_name="peers-histoedge-no-monitoring"),
         "the same flags plus `--no-monitoring` (what the quality checks and drift features cost)"))
+    extra.append(System(
+        "histoedge_sched_batch", "histoedge under SCHED_BATCH",
+        lambda: serve(repo, threads=THREADS, cores=cores, max_batch_size=MAX_BATCH, max_queue_delay_ms=QUEUE_DELAY_MS,
+                      log_name="peers-histoedge-sched-batch",
+                      command_prefix=["chrt", "--batch", "0", *histoedge_command()]),
+        "the same flags, started with `chrt --batch 0`: a thread it wakes does not preempt the waker"))
     return extra + [
         System("histoedge", "histoedge", lambda: serve(repo, threads=THREADS, cores=cores,
                                                         max_batch_size=MAX_BATCH, max_queue_delay_ms=QUEUE_DELAY_MS,
@@ -313,6 +319,8 @@ def summarise(chosen: list[System], measured_rounds: list[dict[str, Any]]) -> di
         "best_cpu_ms_per_image": median(row["cpu_ms_per_image"] for row in raw_best),
         "batch1_p50_ms": median(raw_row(runs, 1)["p50_ms"] for runs in pairs),
         "batch1_cpu_ms_per_image": median(raw_row(runs, 1)["cpu_ms_per_image"] for runs in pairs),
+        "batch1_p50_spread": (max(raw_row(runs, 1)["p50_ms"] for runs in pairs)
+                              / max(min(raw_row(runs, 1)["p50_ms"] for runs in pairs), 1e-9)),
     }}
     for system in chosen:
         per_round = [(r["systems"][system.key], max(r["raw"][system.key], key=lambda row: row["images_per_s"]),
@@ -331,6 +339,8 @@ def summarise(chosen: list[System], measured_rounds: list[dict[str, Any]]) -> di
             "p99_c16_ms": median(s[16]["p99_ms"] for s, _, _ in per_round),
             "overhead_c1_p50_ms": median(s[1]["p50_ms"] - b1["p50_ms"] for s, _, b1 in per_round
                                          if s[1]["p50_ms"] is not None),
+            "cpu_overhead_c1_ms": median(s[1]["server_cpu_ms_per_request"] - b1["cpu_ms_per_image"]
+                                         for s, _, b1 in per_round),
             "cpu_ms_per_request_c1": median(s[1]["server_cpu_ms_per_request"] for s, _, _ in per_round),
             "cpu_ms_per_request_c16": median(s[16]["server_cpu_ms_per_request"] for s, _, _ in per_round),
             "errors": sum(s[c]["errors"] for s, _, _ in per_round for c in CONCURRENCY),
@@ -341,6 +351,10 @@ def summarise(chosen: list[System], measured_rounds: list[dict[str, Any]]) -> di
 def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's 64 px serving targets, read from this side-by-side run, and histoedge against the best peer."""
     ours = summary["histoedge"]
+    spread = summary["raw"].get("batch1_p50_spread", 1.0)
+    # Raw onnxruntime runs in a freshly started process, which a busy scheduler serves later than a
+    # long-running server: when its batch-1 latency swings this much, a latency difference means little.
+    unreliable = f" (unreliable: raw batch-1 p50 varied {spread:.1f}x between runs)" if spread > 1.5 else ""
     peers = [v for k, v in summary.items() if k != "raw" and not k.startswith("histoedge")]
     # The 0.90 target is judged on CPU time: on a loaded machine the wall-clock fraction swings past
     # 1.0 and back within minutes (raw and the server never run at the same moment), while the
@@ -348,7 +362,10 @@ def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
     checks = [
         check("64 px: histoedge / raw onnxruntime best batch at c=16 (CPU time)", ours["cpu_fraction_of_raw_c16"],
               ">=", 0.90),
-        check("64 px: histoedge p50 at c=1 minus raw batch-1 p50", ours["overhead_c1_p50_ms"], "<=", 1.0, " ms"),
+        check("64 px: histoedge p50 at c=1 minus raw batch-1 p50" + unreliable, ours["overhead_c1_p50_ms"], "<=",
+              1.0, " ms"),
+        check("64 px: histoedge CPU per request at c=1 minus raw batch-1 CPU per image", ours["cpu_overhead_c1_ms"],
+              "<=", 1.0, " ms"),
     ]
     if "histoedge_baseline" in summary:
         checks.append(check(f"64 px: {summary['histoedge_baseline']['label']} / this tree, CPU per request at c=16",
@@ -366,14 +383,15 @@ def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def peers_table(summary: dict[str, Any], keys: Sequence[str]) -> str:
     raw = summary["raw"]
     rows = [[f"raw onnxruntime (batch {raw['best_batch']} / batch 1)", raw["best_images_per_s"], 1.0, 1.0,
-             raw["batch1_p50_ms"], "-", "-", "-", 0.0, raw["batch1_cpu_ms_per_image"], raw["best_cpu_ms_per_image"]]]
+             raw["batch1_p50_ms"], "-", "-", "-", 0.0, 0.0, raw["batch1_cpu_ms_per_image"], raw["best_cpu_ms_per_image"]]]
     for key in keys:
         s = summary[key]
         rows.append([s["label"], s["throughput_c16"], s["fraction_of_raw_c16"], s["cpu_fraction_of_raw_c16"],
                      s["p50_c1_ms"], s["p99_c1_ms"], s["p50_c16_ms"], s["p99_c16_ms"], s["overhead_c1_p50_ms"],
-                     s["cpu_ms_per_request_c1"], s["cpu_ms_per_request_c16"]])
+                     s.get("cpu_overhead_c1_ms", "-"), s["cpu_ms_per_request_c1"], s["cpu_ms_per_request_c16"]])
     return md_table(["server", "img/s c=16", "/ raw best", "/ raw best (CPU)", "p50 c=1 ms", "p99 c=1 ms",
-                     "p50 c=16 ms", "p99 c=16 ms", "c=1 overhead ms", "CPU ms/req c=1", "CPU ms/req c=16"], rows)
+                     "p50 c=16 ms", "p99 c=16 ms", "c=1 overhead ms", "c=1 CPU overhead ms", "CPU ms/req c=1",
+                     "CPU ms/req c=16"], rows)
 
 
 def markdown(results: dict[str, Any], chosen: list[System]) -> str:
