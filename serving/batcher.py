@@ -102,10 +102,7 @@ class Batcher:
     def withdraw(self) -> None:
         with self._cond:
             self._arriving -= 1
-            # The worker waits for arrivals only while some are announced: wake it when the last one
-            # is in (a wake-up per request costs a thread switch on a busy core, for nothing).
-            if self._arriving == 0 and not self._wait_full:
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def submit(self, rows: np.ndarray, deadline: float | None = None) -> Future:
         """Queue ``rows``; the future's result is a dict of output arrays for these rows only.
@@ -122,10 +119,7 @@ class Batcher:
                     f"(--max-queue-size); retry later")
             self._queue.append(item)
             self._depth_changed()
-            # The worker waits for a first request or for a full batch; anything else would only
-            # wake it to wait again.
-            if len(self._queue) == 1 or self._queued_rows() >= self.max_batch_size:
-                self._cond.notify_all()
+            self._cond.notify_all()
         item.future.add_done_callback(lambda future: self._discard(item))
         return item.future
 

@@ -49,8 +49,7 @@ class Drain:
         finally:
             with self._cond:
                 self._active -= 1
-                if self._closing:   # only close() waits on the count; waking nobody costs every request
-                    self._cond.notify_all()
+                self._cond.notify_all()
 
     def close(self, timeout: float, settle: float = 0.5) -> bool:
         """Refuse new requests and wait for the running ones; True if all finished in ``timeout``.
