@@ -2,8 +2,8 @@
 
 Starts the server pinned to one core with one onnxruntime thread (as every serving
 benchmark does), drives it with the closed-loop gRPC load generator from the other core,
-samples it with py-spy (``--native``: C/C++ frames too, so onnxruntime's kernels, protobuf
-and grpc's C core show up by name) and sorts the busy samples into what the request path
+samples it with py-spy (Python frames, without pausing it; ``--gil``: only the thread holding the
+GIL, i.e. where the Python work goes) and sorts the busy samples into what the request path
 does: the model itself, gRPC's C core, protobuf parsing and serialising, decoding and
 encoding tensors, the batcher's hand-offs, monitoring, metrics and logging.  Run it before
 and after a change to ``serving/`` to see where the time went.
@@ -11,6 +11,8 @@ and after a change to ``serving/`` to see where the time went.
 Run::
 
     python -m bench.profile_server                  # the 64 px int8 ensemble, 10 s at c=16
+    python -m bench.profile_server --seconds 20 --gil --variant "no-monitoring=--no-monitoring" \
+        --out server_profile_64_gil                 # as committed in bench/results/
     python -m bench.profile_server --repo demo/models --seconds 20 --out server_profile_demo
 """
 
@@ -44,21 +46,38 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("monitoring", ("serving/monitoring/",)),
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("logging", ("logging/__init__",)),
-    ("batcher: queue, hand-off, futures", ("serving/batcher.py", "concurrent/futures", "_wait (")),
-    ("gRPC server (Python + C core)", ("grpc/_server.py", "grpc/_common.py", "cygrpc", "grpc_core::",
-                                       "grpc_", "_cygrpc")),
+    ("hand-offs: batcher queue, futures (wake and wait)", ("serving/batcher.py", "_wait (serving/runtime.py)")),
+    ("gRPC server: Python, its thread pool, C core", ("grpc/_server.py", "grpc/_common.py", "cygrpc", "grpc_core::",
+                                                      "grpc_", "_cygrpc", "concurrent/futures/thread.py")),
     ("request path (servicer, data plane, runtime)", ("serving/servicer.py", "serving/dataplane.py",
                                                       "serving/runtime.py", "serving/drain.py")),
-    ("threading waits", ("threading.py",)),
 )
 
 
 def categorise(stack: Sequence[str]) -> str:
+    """The category of the innermost frame that has one, looking through threading plumbing
+    (a ``Condition.notify`` called by ``Future.set_result`` in the batcher is the batcher's hand-off)."""
     for frame in reversed(stack):               # innermost first
+        if frame.endswith(GENERIC):
+            continue
         for name, needles in CATEGORIES:
             if any(needle in frame for needle in needles):
                 return name
-    return "other"
+    return "threading waits" if any(f.endswith(GENERIC) for f in stack) else "other"
+
+
+GENERIC = ("(threading.py)", "(contextlib.py)", "(concurrent/futures/_base.py)")
+
+
+def leaf_with_callers(stack: Sequence[str]) -> str:
+    """The innermost frame and its callers up to the first that is not threading plumbing:
+    "Condition.notify" alone does not say whose hand-off it is."""
+    chain = [stack[-1]]
+    for frame in reversed(stack[:-1]):
+        chain.append(frame)
+        if not chain[-2].endswith(GENERIC):
+            break
+    return " <- ".join(chain)
 
 
 def summarise_raw(path: Path, top: int = 40) -> dict[str, Any]:
@@ -75,8 +94,7 @@ def summarise_raw(path: Path, top: int = 40) -> dict[str, Any]:
         stack = stack_text.split(";")
         total += count
         by_category[categorise(stack)] += count
-        # The innermost frame with its caller: "Condition.notify" alone does not say whose hand-off it is.
-        by_leaf[" <- ".join(reversed(stack[-2:]))] += count
+        by_leaf[leaf_with_callers(stack)] += count
         for name, needles in CATEGORIES:
             if any(needle in frame for frame in stack for needle in needles):
                 inclusive[name] += count
@@ -130,12 +148,20 @@ def profile(repo: Path, name: str, size: int, seconds: float, native: bool, extr
 
 
 def markdown(results: dict[str, Any]) -> str:
-    parts = [f"py-spy (`--native`: each sample briefly pauses the server; 250 Hz; busy threads only) on `histoedge serve --threads 1` pinned to core "
+    mode = ("`--native`: C/C++ frames too, each sample briefly pauses the server" if results.get("native")
+            else "`--nonblocking`, Python frames" + (", `--gil`" if results.get("gil") else ""))
+    parts = [f"py-spy ({mode}; 250 Hz; busy threads only) on `histoedge serve --threads 1` pinned to core "
              f"`{results['pinning']['server']}`, serving the {results['size']} px int8 ensemble at c=16 (one UINT8 image "
              f"per gRPC ModelInfer request) from the load generator on core `{results['pinning']['client']}`, "
              f"{results['seconds']:g} s per profile. Each sample is given to the first category that matches "
              f"its innermost frame (so onnxruntime kernels called from the batcher count as the model). "
-             f"Sampling adds overhead of its own: compare the shares, not the absolute req/s.\n"]
+             f"Sampling adds overhead of its own: compare the shares, not the absolute req/s. "
+             + ("With `--gil` only samples of the thread holding the GIL count: where the Python work goes "
+                "(onnxruntime releases the GIL while it runs). "
+                if results.get("gil") else
+                "py-spy counts a thread as busy unless it sleeps in a system call, so threads that were woken "
+                "and wait for the core or the GIL count too: the hand-off shares include that waiting. ")
+             + "See server_overhead_64.md for what the numbers add up to.\n"]
     for run in results["profiles"]:
         parts.append(f"**{run['label']}** (`{' '.join(run['extra_args']) or 'defaults'}`): {run['throughput']:.0f} req/s, "
                      f"server CPU {run['server_cpu_ms_per_request']:.2f} ms per request, {run['samples']} samples\n")
@@ -152,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, help="model repository (default: the 64 px int8 ensemble)")
     parser.add_argument("--model", help="model name in --repo")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--no-native", action="store_true", help="Python frames only")
+    parser.add_argument("--native", action="store_true",
+                        help="C/C++ frames too; py-spy then pauses the server for every sample, which distorts a "
+                             "busy server (the committed profiles are Python frames only)")
     parser.add_argument("--gil", action="store_true",
                         help="only samples holding the GIL: where the Python work goes (the model releases it)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
@@ -173,10 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         repo = ensure_repo(ensure_run(64, 4), name, "int8")
     pin_self(client_cores)
     variants = [("defaults", [])] + [(v.split("=", 1)[0], v.split("=", 1)[1].split()) for v in args.variant]
-    profiles = [profile(repo, name, size, args.seconds, not args.no_native, extra, cores, client_cores, label,
+    profiles = [profile(repo, name, size, args.seconds, args.native, extra, cores, client_cores, label,
                         args.gil) for label, extra in variants]
     results = {"machine": info, "pinning": {"server": cores, "client": client_cores}, "size": size,
-               "seconds": args.seconds, "profiles": profiles, "native": not args.no_native, "gil": args.gil}
+               "seconds": args.seconds, "profiles": profiles, "native": args.native, "gil": args.gil}
     write_results(args.out, results, f"Where `histoedge serve` spends its CPU at {size} px, c=16 (py-spy)",
                   markdown(results))
     return 0
