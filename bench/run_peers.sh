@@ -38,7 +38,9 @@ make_venv() {
 }
 
 mkdir -p "$PEERS"
-make_venv mlserver-venv "mlserver==1.7.*" "onnxruntime==$ORT_VERSION"
+# uvloop 0.22 raises in asyncio.get_event_loop() without a running loop, which MLServer 1.7.1's
+# inference worker processes (parallel_workers >= 1) call at start-up: they die and the model never loads.
+make_venv mlserver-venv "mlserver==1.7.*" "onnxruntime==$ORT_VERSION" "uvloop<0.22"
 make_venv kserve-venv "kserve==0.21.*" "onnxruntime==$ORT_VERSION"
 
 "$PY" -m bench.bench_peers --peers "$PEERS" "$@"

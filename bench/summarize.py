@@ -70,7 +70,7 @@ def quantization_rows(suffix: str) -> list[str]:
 
 README_START, README_END = "<!-- PERFORMANCE:START -->", "<!-- PERFORMANCE:END -->"
 PEERS_START, PEERS_END = "<!-- PEERS:START -->", "<!-- PEERS:END -->"
-PEER_ORDER = ("histoedge", "kserve_quiet", "kserve", "mlserver", "mlserver_batching")
+PEER_ORDER = ("histoedge", "kserve_quiet", "kserve", "mlserver", "mlserver_batching", "mlserver_batching_worker")
 
 
 def peers_readme_table(suffix: str = "") -> str:
