@@ -57,7 +57,7 @@ DEFAULT_SYSTEMS = ("histoedge", "mlserver_batching", "mlserver_batching_worker",
 
 @dataclass(frozen=True)
 class System:
-    """One server under test: ``start(log_name)`` is a context manager yielding {"address", "pid"}."""
+    """One server under test: ``start()`` is a context manager yielding {"address", "pid"} once it is ready."""
 
     key: str
     label: str
@@ -361,7 +361,7 @@ def summarise(chosen: list[System], measured_rounds: list[dict[str, Any]]) -> di
     return summary
 
 
-def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def derive(summary: dict[str, Any], size: int = 64) -> list[dict[str, Any]]:
     """The issue's 64 px serving targets, read from this side-by-side run, and histoedge against the best peer."""
     ours = summary["histoedge"]
     spread = summary["raw"].get("batch1_p50_spread", 1.0)
@@ -373,21 +373,21 @@ def derive(summary: dict[str, Any]) -> list[dict[str, Any]]:
     # 1.0 and back within minutes (raw and the server never run at the same moment), while the
     # CPU a request costs does not depend on what else runs.  Both are in the table.
     checks = [
-        check("64 px: histoedge / raw onnxruntime best batch at c=16 (CPU time)", ours["cpu_fraction_of_raw_c16"],
+        check(f"{size} px: histoedge / raw onnxruntime best batch at c=16 (CPU time)", ours["cpu_fraction_of_raw_c16"],
               ">=", 0.90),
-        check("64 px: histoedge p50 at c=1 minus raw batch-1 p50" + unreliable, ours["overhead_c1_p50_ms"], "<=",
+        check(f"{size} px: histoedge p50 at c=1 minus raw batch-1 p50" + unreliable, ours["overhead_c1_p50_ms"], "<=",
               1.0, " ms"),
-        check("64 px: histoedge CPU per request at c=1 minus raw batch-1 CPU per image", ours["cpu_overhead_c1_ms"],
+        check(f"{size} px: histoedge CPU per request at c=1 minus raw batch-1 CPU per image", ours["cpu_overhead_c1_ms"],
               "<=", 1.0, " ms"),
     ]
     if "histoedge_baseline" in summary:
-        checks.append(check(f"64 px: {summary['histoedge_baseline']['label']} / this tree, CPU per request at c=16",
+        checks.append(check(f"{size} px: {summary['histoedge_baseline']['label']} / this tree, CPU per request at c=16",
                             summary["histoedge_baseline"]["cpu_ms_per_request_c16"] / ours["cpu_ms_per_request_c16"],
                             ">=", 1.0))
     if peers:
-        checks.append(check("64 px: histoedge / fastest peer at c=16 (throughput)",
+        checks.append(check(f"{size} px: histoedge / fastest peer at c=16 (throughput)",
                             ours["throughput_c16"] / max(p["throughput_c16"] for p in peers), ">", 1.0))
-        checks.append(check("64 px: fastest peer / histoedge CPU per request at c=16",
+        checks.append(check(f"{size} px: fastest peer / histoedge CPU per request at c=16",
                             min(p["cpu_ms_per_request_c16"] for p in peers) / ours["cpu_ms_per_request_c16"],
                             ">", 1.0))
     return checks
@@ -479,7 +479,7 @@ def render(quick: bool = False, stem: str = "peers") -> int:
                               for s in systems(Path("."), Path("."), Path("."), "", None) if s.key in keys]
     chosen = [System(row["key"], row["label"], None, row["note"]) for row in results["systems"]]
     results["summary"] = summarise(chosen, results["rounds"])
-    results["checks"] = derive(results["summary"]) if "histoedge" in results["summary"] else []
+    results["checks"] = derive(results["summary"], results["image_size"]) if "histoedge" in results["summary"] else []
     write_results(stem, results, title(stem, results, chosen), markdown(results, chosen), quick=quick)
     return 0
 
@@ -538,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results.update(measure(chosen, model, images, payloads, cfg, cores, client_cores))
     results["summary"] = summarise(chosen, results["rounds"])
-    results["checks"] = derive(results["summary"]) if "histoedge" in results["summary"] else []
+    results["checks"] = derive(results["summary"], results["image_size"]) if "histoedge" in results["summary"] else []
     write_results(args.out, results, title(args.out, results, chosen), markdown(results, chosen), quick=args.quick)
     return 0
 

@@ -98,7 +98,7 @@ def peers_readme_table(suffix: str = "") -> str:
         f"ensemble file on one pinned core with one onnxruntime thread, the same gRPC load generator on the other "
         f"core, medians of {data['config']['rounds']} interleaved rounds. Load average {loads} on 2 cores during "
         f"the run: absolute figures are noisy, the side-by-side ratios are what counts, and of those the CPU-time "
-        f"fraction (raw onnxruntime's CPU per image at its best batch over the server's CPU per request), which "
+        f"fraction (raw onnxruntime's CPU per image at its cheapest batch over the server's CPU per request), which "
         f"other load does not move; the wall-clock fraction in brackets swings with it._\n", *rows])
 
 
