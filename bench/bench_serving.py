@@ -243,7 +243,9 @@ def derive(results: dict[str, Any], primary: str) -> list[dict[str, Any]]:
     raw_best = max(p["raw"], key=lambda r: r["images_per_s"])
     server_best = best(p["runs"], input="tensor", batching=True)
     ab = p["batching_ab"]
-    seed_best = max(results["seed"], key=lambda r: r["throughput"], default=None)
+    # a seed run that answered nothing (errors only) is no baseline: the ratio is then "n/a", MISSED
+    seed_best = max((r for r in results["seed"] if r["requests"] and not r["errors"]), key=lambda r: r["throughput"],
+                    default=None)
     png_best = best(p["runs"], input="png", batching=True)
     seed_ratio = png_best["throughput"] / max(seed_best["throughput"], 1e-9) if seed_best else None
     return [
@@ -265,7 +267,8 @@ def derive_cpu(results: dict[str, Any], primary: str) -> list[dict[str, Any]]:
     raw_cpu = {r["batch_size"]: r["cpu_ms_per_image"] for r in p["raw"]}
     tensor = [r for r in p["runs"] if r["input"] == "tensor"]
     png = [r for r in p["runs"] if r["input"] == "png"]
-    seed_cpu = min((r["server_cpu_ms_per_request"] for r in results["seed"]), default=None)
+    seed_cpu = min((r["server_cpu_ms_per_request"] for r in results["seed"] if r["requests"] and not r["errors"]),
+                   default=None)
     ab = p["batching_ab"]["median"]
     return [
         check("server / raw onnxruntime best batch (CPU time)",

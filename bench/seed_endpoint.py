@@ -37,7 +37,8 @@ def build_ensemble(run: Path):
     for name in ensemble.members:
         loaded = keras.models.load_model(run / "members" / name / "model.keras", compile=False)
         # every member is saved under the same model name; the ensemble needs distinct ones
-        members.append(keras.Model(loaded.inputs, loaded.outputs, name=f"member_{name}"))
+        # (one output tensor, not a one-element list: stacking lists would add an axis)
+        members.append(keras.Model(loaded.inputs, loaded.outputs[0], name=f"member_{name}"))
     size = ensemble.image_size
     image = keras.Input((size, size, 3), name=IMAGE)
     outputs = [member(image) for member in members]
