@@ -37,8 +37,9 @@ import numpy as np
 from bench import profiling
 from bench.artifacts import ensure_repo, ensure_run, onnx_path, synthetic_images
 from bench.common import (BENCH_DIR, CACHE_DIR, REPO_ROOT, check, checks_table, core_split, free_port,
-                          histoedge_command, machine_info, md_table, pin_self, pinned, python_exe, quiet_env, serve, write_results)
-from bench.loadgen import Target, oip_tensor_request, run_load
+                          histoedge_command, machine_info, md_table, measured_load, pin_self, pinned, python_exe, quiet_env,
+                          serve, tree_cpu_seconds, write_results)
+from bench.loadgen import Target, oip_tensor_request
 from histoedge.export.manifest import IMAGE, PROBABILITIES
 
 FULL = {"size": 64, "members": 4, "rounds": 3, "c1_seconds": 3.0, "c16_seconds": 4.0, "max_requests": 6000,
@@ -47,7 +48,6 @@ QUICK = {"size": 64, "members": 4, "rounds": 1, "c1_seconds": 0.5, "c16_seconds"
          "raw_seconds": 0.3}
 RAW_BATCHES = (1, 4, 8, 16)
 CONCURRENCY = (1, 16)
-WARMUP = 2
 THREADS = 1
 MAX_BATCH, QUEUE_DELAY_MS = 16, 2.0    # the same batching window for histoedge and MLServer
 PEER_MODELS = BENCH_DIR / "peer_models"
@@ -66,20 +66,6 @@ class System:
 
 
 # ----------------------------------------------------------------------------- process trees
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and all its descendants (a peer may run workers in child processes)."""
-    from bench.common import cpu_seconds
-
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += cpu_seconds(current)
-        for task in Path(f"/proc/{current}/task").glob("*") if Path(f"/proc/{current}/task").exists() else []:
-            with contextlib.suppress(OSError):
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return total
-
 
 @contextlib.contextmanager
 def peer_process(command: Sequence[str], *, address: str, log_name: str, cores: str | None,
@@ -260,12 +246,8 @@ def raw_probabilities(model: Path, images: np.ndarray) -> np.ndarray:
 
 def measured(target: Target, concurrency: int, pid: int, *, seconds: float, max_requests: int,
              cores: str | None) -> dict[str, Any]:
-    before = tree_cpu_seconds(pid)
-    result = run_load(target, concurrency, max_requests=max_requests, max_seconds=seconds, warmup=WARMUP,
-                      cores=cores).to_dict()
-    served = result["requests"] + result["errors"] + WARMUP * concurrency
-    result["server_cpu_ms_per_request"] = (tree_cpu_seconds(pid) - before) * 1000.0 / max(served, 1)
-    return result
+    return measured_load(target, concurrency, pid, max_requests=max_requests, max_seconds=seconds, cores=cores,
+                         cpu=tree_cpu_seconds)
 
 
 def measure(chosen: list[System], model: Path, images: np.ndarray, payloads: list[bytes], cfg: dict,

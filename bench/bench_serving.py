@@ -30,8 +30,8 @@ import numpy as np
 
 from bench import profiling
 from bench.artifacts import encode_png, ensure_repo, ensure_run, onnx_path, synthetic_images
-from bench.common import (CACHE_DIR, check, checks_table, core_split, cpu_seconds, free_port, machine_info,
-                          md_table, metrics_text, pin_self, pinned, python_exe, quiet_env, serve,
+from bench.common import (CACHE_DIR, check, checks_table, core_split, free_port, machine_info,
+                          md_table, measured_load, metrics_text, pin_self, pinned, python_exe, quiet_env, serve,
                           write_results)
 from bench.loadgen import Target, oip_png_request, oip_tensor_request, run_load
 
@@ -42,7 +42,6 @@ QUICK = {"size": 64, "members": 2, "concurrency": (1, 4), "max_requests": 20, "m
          "seed_concurrency": (1,), "seed_requests": 5, "seed_seconds": 2.0, "raw_seconds": 0.3,
          "precisions": ("int8",), "profile_seconds": 0, "ab_rounds": 2, "student": False}
 RAW_BATCHES = (1, 4, 8, 16)
-WARMUP = 2          # un-timed requests per client before each measured run
 THREADS = 1
 
 
@@ -63,17 +62,6 @@ def batch_stats(before: str, after: str) -> float | None:
             if count > 0:
                 return (a[key] - b.get(key, 0.0)) / count
     return None
-
-
-def measured_load(target: Target, concurrency: int, pid: int, *, max_requests: int, max_seconds: float,
-                  cores: str | None) -> dict[str, Any]:
-    """``run_load`` plus the server's CPU milliseconds per request (robust to other load on the machine)."""
-    before = cpu_seconds(pid)
-    result = run_load(target, concurrency, max_requests=max_requests, max_seconds=max_seconds,
-                      warmup=WARMUP, cores=cores).to_dict()
-    served = result["requests"] + result["errors"] + WARMUP * concurrency
-    result["server_cpu_ms_per_request"] = (cpu_seconds(pid) - before) * 1000.0 / max(served, 1)
-    return result
 
 
 @contextlib.contextmanager

@@ -195,6 +195,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and all its descendants (a peer may run workers in child processes)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu_seconds(current)
+        for task in Path(f"/proc/{current}/task").glob("*") if Path(f"/proc/{current}/task").exists() else []:
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
+WARMUP = 2  # un-timed requests per client before each measured run
+
+
+def measured_load(target, concurrency: int, pid: int, *, max_requests: int, max_seconds: float,
+                  cores: str | None, cpu=cpu_seconds) -> dict[str, Any]:
+    """``run_load`` plus the server's CPU milliseconds per request (robust to other load on the machine).
+
+    ``cpu`` reads the server's CPU seconds: :func:`cpu_seconds` for one process,
+    :func:`tree_cpu_seconds` for a server that runs workers in child processes.
+    """
+    from bench.loadgen import run_load
+
+    before = cpu(pid)
+    result = run_load(target, concurrency, max_requests=max_requests, max_seconds=max_seconds,
+                      warmup=WARMUP, cores=cores).to_dict()
+    served = result["requests"] + result["errors"] + WARMUP * concurrency
+    result["server_cpu_ms_per_request"] = (cpu(pid) - before) * 1000.0 / max(served, 1)
+    return result
+
+
 def python_exe() -> str:
     venv = REPO_ROOT / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable

@@ -7,11 +7,7 @@
 #   BENCH_RUN=demo/run bash bench/run_all.sh   also fp32 vs int8 test ROC-AUC on a trained run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Interpreter: $PYTHON if set, else the project venv .venv/, else an active venv, else python.
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then PY="$VIRTUAL_ENV/bin/python"
-else PY=python; fi
+. bench/python.sh
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 QUICK=""
 if [ "${1:-}" = "--quick" ]; then QUICK="--quick"; fi

@@ -10,10 +10,7 @@
 #   PYTHON=/path/to/venv/bin/python bash bench/run_peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then PY="$VIRTUAL_ENV/bin/python"
-else PY=python; fi
+. bench/python.sh
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 PEERS=bench/.cache/peers
