@@ -436,6 +436,8 @@ def peer_notes(results: dict[str, Any]) -> list[str]:
 
 
 def venv_version(venv: Path, package: str) -> str:
+    if not (venv / "bin" / "python").exists():
+        return "not installed"
     out = subprocess.run([str(venv / "bin" / "python"), "-c",
                           f"import importlib.metadata as m; print(m.version({package!r}))"],
                          capture_output=True, text=True, check=False)

@@ -42,12 +42,15 @@ log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
 BATCH_WAITS = ("arriving", "full")
 BatchObserver = Callable[[int, list[float], float], None]  # rows, queue waits, run seconds
+# With a batch's results, just before they are handed out: (merged rows, outputs, [(rows, note) per request]).
+DeliveryObserver = Callable[[np.ndarray, Outputs, list[tuple[int, object]]], None]
 
 
 @dataclass(eq=False)  # identity: deque.remove must not compare numpy arrays
 class _Pending:
     rows: np.ndarray
     deadline: float | None
+    note: object = None  # the caller's, handed back to ``on_delivered``
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
 
@@ -63,12 +66,16 @@ class Batcher:
         name: used in thread names and messages.
         on_batch: called after each run with (rows, queue waits in s, run time in s).
         on_depth: called with the queue length whenever it changes.
+        on_delivered: called in the worker with each batch's merged rows, outputs and each request's
+            (row count, note), just before the callers get their rows; it should only queue work
+            (e.g. monitoring's background assessment).
         wait: "arriving" (wait only for announced requests) or "full" (always wait the delay).
     """
 
     def __init__(self, run: Callable[[np.ndarray], Outputs], max_batch_size: int, max_delay_s: float,
                  max_queue_size: int, name: str = "model", on_batch: BatchObserver | None = None,
-                 on_depth: Callable[[int], None] | None = None, wait: str = "arriving") -> None:
+                 on_depth: Callable[[int], None] | None = None, wait: str = "arriving",
+                 on_delivered: DeliveryObserver | None = None) -> None:
         if wait not in BATCH_WAITS:
             raise ValueError(f"wait must be one of {BATCH_WAITS}, not {wait!r}")
         self._run = run
@@ -78,6 +85,7 @@ class Batcher:
         self.name = name
         self._on_batch = on_batch
         self._on_depth = on_depth
+        self._on_delivered = on_delivered
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -104,12 +112,13 @@ class Batcher:
             self._arriving -= 1
             self._cond.notify_all()
 
-    def submit(self, rows: np.ndarray, deadline: float | None = None) -> Future:
+    def submit(self, rows: np.ndarray, deadline: float | None = None, note: object = None) -> Future:
         """Queue ``rows``; the future's result is a dict of output arrays for these rows only.
 
-        Cancelling the future takes the request out of the queue.
+        Cancelling the future takes the request out of the queue.  ``note`` is handed back to
+        ``on_delivered`` with this request's rows.
         """
-        item = _Pending(rows=rows, deadline=deadline)
+        item = _Pending(rows=rows, deadline=deadline, note=note)
         with self._cond:
             if self._closed:
                 raise ServerClosingError(f"model '{self.name}' is being unloaded; retry")
@@ -203,6 +212,11 @@ class Batcher:
                 item.future.set_exception(error)
             return
         elapsed = time.monotonic() - started
+        if self._on_delivered is not None:  # before the answers, so what it queues precedes them
+            try:
+                self._on_delivered(batch, outputs, [(len(item.rows), item.note) for item in live])
+            except Exception:  # noqa: BLE001 - the callers still get their answers
+                log.exception("model '%s': the delivery observer failed", self.name)
         offset = 0
         for item in live:
             end = offset + len(item.rows)

@@ -99,7 +99,8 @@ class ModelVersion:
             run, settings.batch_limit, settings.max_queue_delay_ms / 1000.0, settings.max_queue_size,
             name=f"{manifest.name}/{manifest.version}",
             on_batch=lambda rows, waits, seconds: _observe_batch(metrics, labels, rows, waits, seconds),
-            on_depth=metrics.queue_depth.labels(**labels).set, wait=settings.batch_wait)
+            on_depth=metrics.queue_depth.labels(**labels).set, wait=settings.batch_wait,
+            on_delivered=functools.partial(monitoring.observe_batch, self) if monitoring else None)
 
     @property
     def name(self) -> str:
@@ -182,22 +183,25 @@ class ModelVersion:
         means this version was retired before the request was queued, and the whole
         request may be sent to another version.
         """
-        # Monitoring (quality, drift, abstention, feedback): see serving/monitoring/monitor.py.
+        # Monitoring (quality, drift, abstention, feedback): see serving/monitoring/monitor.py; the
+        # images of a request that asks for neither quality nor abstention are assessed after the
+        # answer, a batch at a time (the note the batcher carries back to the monitoring hook).
         watch = self.monitoring.begin(request) if self.monitoring else refuse_monitoring_options(request)
         self.batcher.announce()  # the batcher may wait for this request while it decodes
         try:
             rows = self.normalise(self._prepare_inputs(request.inputs))
             requested = watch.outputs if watch else request.outputs
             names = [] if watch and watch.quality and not requested else self._check_outputs(requested)
-            future = self.batcher.submit(rows, request.deadline)
+            note = self.monitoring.note(watch, request.inputs) if watch else None
+            future = self.batcher.submit(rows, request.deadline, note)
         finally:
             self.batcher.withdraw()
-        if watch:
+        if watch and not watch.deferred:
             watch.assess(self, rows, request.inputs)  # while the batch runs
         outputs = _wait(future, request)
         tensors = self._make_outputs(outputs, names)
         if watch:
-            tensors = watch.finish(outputs, tensors)
+            tensors = watch.finish(self, outputs, tensors)
         return InferenceResponse(model_name=self.name, model_version=str(self.version), outputs=tensors,
                                  id=watch.request_id if watch else request.id)
 

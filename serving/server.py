@@ -264,6 +264,8 @@ class InferenceServer:
         if self._rest is not None:
             self._rest.stop(max(0.0, deadline - time.monotonic()))
         self.models.close()
+        if self.monitoring is not None:
+            self.monitoring.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         log.info("server stopped")

@@ -34,6 +34,7 @@ from histoedge.imaging import area_resize, rgb_saturation, rgb_to_grey
 
 FEATURES = ("od_hematoxylin", "od_eosin", "brightness", "saturation", "focus", "tissue_fraction")
 MAX_SIDE = 112
+CHUNK_PIXELS = 1 << 16
 TISSUE_OD = 0.3
 
 # Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB) as in scikit-image.
@@ -62,6 +63,15 @@ def image_features(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+    # Vectorised over the batch, but in chunks of about CHUNK_PIXELS so the float temporaries
+    # stay in cache: 16 images of 224 px at once were slower per image than one at a time.
+    per_chunk = max(1, CHUNK_PIXELS // max(1, images.shape[1] * images.shape[2]))
+    if len(images) > per_chunk:
+        return np.concatenate([_features(images[i:i + per_chunk]) for i in range(0, len(images), per_chunk)])
+    return _features(images)
+
+
+def _features(images: np.ndarray) -> np.ndarray:
     result = np.empty((len(images), len(FEATURES)))
     if len(images) == 0:
         return result

@@ -1,11 +1,19 @@
 """The server side of monitoring: per-version state, the request hook and the Prometheus collector.
 
-The data plane calls three things per request (see :class:`Watch`): :meth:`Monitoring.begin`
-before decoding (reads the ``abstain`` parameter and the ``quality`` output),
-:meth:`Watch.assess` while the batch runs (features and quality checks of the decoded
-images), and :meth:`Watch.finish` with the model's outputs (windows, abstention, the
-``quality`` output, the prediction log for feedback).  Metrics are produced at scrape time
-by one collector from the versions being served, so an unloaded version's series vanish.
+The data plane calls :meth:`Monitoring.begin` per request before decoding (reads the
+``abstain`` parameter and the ``quality`` output) and :meth:`Watch.finish` with the model's
+outputs (the prediction log for feedback; abstention and the ``quality`` output).  The
+images' features and quality checks are computed one of two ways:
+
+* a request that asks for ``quality`` or abstention needs its own images' checks in its
+  answer: :meth:`Watch.assess` runs in the request's thread while the batch runs;
+* every other request is *deferred*: the batcher hands its rows and outputs to
+  :meth:`Monitoring.observe_batch` after answering, which assesses the whole batch at once on
+  a background thread (:mod:`.background`), off the latency path.
+
+Either way every image lands in the drift windows and quality tallies once.  Metrics are
+produced at scrape time by one collector from the versions being served, so an unloaded
+version's series vanish; a scrape first waits briefly for the queued background work.
 
 Example::
 
@@ -20,7 +28,7 @@ import collections
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -29,6 +37,7 @@ from histoedge.export.manifest import IMAGE_BYTES, LABEL, PROBABILITIES
 from histoedge.serving import images as image_codec
 from histoedge.serving.errors import InvalidInputError, ModelNotFoundError
 from histoedge.serving.monitoring import quality
+from histoedge.serving.monitoring.background import BackgroundObserver
 from histoedge.serving.monitoring.drift import RowWindow, psi
 from histoedge.serving.monitoring.feedback import MAX_ID_CHARS, Outcomes, Prediction, PredictionLog
 from histoedge.serving.monitoring.profile import REASONS, prediction_values
@@ -40,6 +49,8 @@ QUALITY = "quality"
 ABSTAIN = "abstain"
 WINDOWS = ("count", "time")
 TIME_WINDOW_MAX_IMAGES = 20_000  # the time window holds at most this many images (memory bound)
+BACKGROUND_BATCHES = 256  # batches that may wait for background assessment before images are skipped
+SCRAPE_WAIT_S = 2.0       # a scrape waits this long at most for queued background work
 
 
 def flag_parameter(parameters: dict, name: str, default: bool) -> bool:
@@ -58,6 +69,20 @@ def refuse_monitoring_options(request) -> None:
     """With ``--no-monitoring``: refuse a request that asks for ``quality`` or ``abstain``."""
     if QUALITY in request.outputs or ABSTAIN in (getattr(request, "parameters", None) or {}):
         raise InvalidInputError("this server runs with --no-monitoring: no 'quality' output, no abstain")
+
+
+def aspect_ratios(inputs: list[Tensor]) -> np.ndarray | None:
+    """Width / height of each encoded image before resizing (None for pixel tensors).
+
+    Call only after the images were decoded: decoding validated them.
+    """
+    if not inputs or inputs[0].name != IMAGE_BYTES:
+        return None
+    ratios = np.empty(inputs[0].data.size)
+    for index, data in enumerate(inputs[0].data.reshape(-1)):
+        _, width, height = image_codec.image_dimensions(bytes(data))
+        ratios[index] = width / height
+    return ratios
 
 
 class VersionMonitor:
@@ -81,6 +106,7 @@ class VersionMonitor:
         self.window_seconds = settings.drift_window_seconds
         self.rows = RowWindow(len(self.streams) + 2, max(settings.drift_window_images, TIME_WINDOW_MAX_IMAGES))
         self.images = 0
+        self.skipped = 0  # images not assessed because the background queue was full
         self.failures: collections.Counter[str] = collections.Counter()
         self.abstentions: collections.Counter[str] = collections.Counter()
         self.outcomes = Outcomes(settings.feedback_window, self.positive_class)
@@ -102,6 +128,11 @@ class VersionMonitor:
                 if reason:
                     self.abstentions[reason] += 1
 
+    def skip(self, images: int) -> None:
+        """Count images that monitoring could not assess (its background queue was full)."""
+        with self._lock:
+            self.skipped += images
+
     def snapshot(self) -> dict:
         """Everything the collector exports; the windows are binned here, at scrape time."""
         windows = {}
@@ -113,7 +144,7 @@ class VersionMonitor:
                                     dist.fractions)
                         for j, (stream, dist) in enumerate(self.streams)} if len(rows) else {}}
         with self._lock:
-            return {"images": self.images, "failures": dict(self.failures),
+            return {"images": self.images, "skipped": self.skipped, "failures": dict(self.failures),
                     "abstentions": dict(self.abstentions), "windows": windows,
                     "outcomes": self.outcomes.rates()}
 
@@ -137,31 +168,33 @@ class Watch:
     quality: bool
     outputs: list[str]
     assessment: quality.Assessment | None = None
-    model: object = None
-    aspect_ratios: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def deferred(self) -> bool:
+        """True when the answer needs no checks: the batch is assessed in the background."""
+        return not (self.quality or self.abstain)
 
     def assess(self, model, rows: np.ndarray, inputs: list[Tensor]) -> None:
         """Features and checks of the decoded ``rows`` (call while the batch runs)."""
-        self.model = model
-        ratios = None
-        if inputs and inputs[0].name == IMAGE_BYTES:
-            ratios = np.empty(len(rows))
-            for index, data in enumerate(inputs[0].data.reshape(-1)):
-                _, width, height = image_codec.image_dimensions(bytes(data))  # decoded: valid
-                ratios[index] = width / height
-        self.assessment = quality.assess(rows, getattr(model, "profile", None), ratios)
+        self.assessment = quality.assess(rows, getattr(model, "profile", None), aspect_ratios(inputs))
 
-    def finish(self, outputs: dict, tensors: list[Tensor]) -> list[Tensor]:
-        """Record the answer; return the output tensors with abstention and ``quality`` applied."""
-        model, assessment = self.model, self.assessment
-        monitor = self.monitoring.monitor(model)
+    def finish(self, model, outputs: dict, tensors: list[Tensor]) -> list[Tensor]:
+        """Record the answer; return the output tensors with abstention and ``quality`` applied.
+
+        A deferred request (see :attr:`deferred`) only enters the prediction log here; its
+        images reach the windows through :meth:`Monitoring.observe_batch`.
+        """
+        assessment = self.assessment
         probabilities = np.asarray(outputs[PROBABILITIES])
         predicted = model.predicted_classes(probabilities)
+        self.monitoring.predictions.remember(
+            self.request_id, [Prediction(model.name, model.version, int(p)) for p in predicted])
+        if self.deferred:
+            return tensors
+        monitor = self.monitoring.monitor(model)
         in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
         reasons = quality.abstentions(assessment, in_band) if self.abstain else [None] * len(predicted)
         monitor.observe(assessment, probabilities, predicted, in_band, reasons)
-        self.monitoring.predictions.remember(
-            self.request_id, [Prediction(model.name, model.version, int(p)) for p in predicted])
         result = []
         for tensor in tensors:
             if tensor.name == LABEL and self.abstain:
@@ -184,15 +217,22 @@ class Monitoring:
     Args:
         settings: :class:`~histoedge.serving.settings.ServerSettings` (windows, defaults).
         registry: the server's Prometheus registry.
+        background: where deferred requests are assessed (default: a thread with a queue of
+            :data:`BACKGROUND_BATCHES` batches).
     """
 
-    def __init__(self, settings, registry) -> None:
+    def __init__(self, settings, registry, background: BackgroundObserver | None = None) -> None:
         self.settings = settings
         self.predictions = PredictionLog(settings.prediction_memory)
         self._monitors: dict[tuple[str, int], VersionMonitor] = {}
         self._lock = threading.Lock()
         self.reports: collections.Counter[str] = collections.Counter()
+        self._background = background or BackgroundObserver(BACKGROUND_BATCHES)
         registry.register(_Collector(self))
+
+    def close(self) -> None:
+        """Finish the queued background assessments and stop their thread."""
+        self._background.close()
 
     def begin(self, request) -> Watch:
         """Read the request's monitoring options; an id is made up when the request has none."""
@@ -202,6 +242,44 @@ class Monitoring:
         outputs = [name for name in request.outputs if name != QUALITY]
         request_id = (request.id or uuid.uuid4().hex)[:MAX_ID_CHARS]
         return Watch(self, request_id, abstain, wants_quality, outputs)
+
+    def note(self, watch: Watch | None, inputs: list[Tensor]) -> object:
+        """What the batcher carries for a deferred request (its images' aspect ratios or ``()``)."""
+        if watch is None or not watch.deferred:
+            return None
+        ratios = aspect_ratios(inputs)
+        return () if ratios is None else ratios
+
+    def observe_batch(self, model, batch: np.ndarray, outputs: dict, parts: list[tuple[int, object]]) -> None:
+        """The batcher's delivery hook: queue the deferred requests' rows for background assessment.
+
+        ``parts`` holds each request's (row count, :meth:`note`); rows whose note is None were
+        assessed in their request's thread.
+        """
+        keep, ratios, offset = [], [], 0
+        for count, note in parts:
+            if note is not None:
+                keep.append(np.arange(offset, offset + count))
+                ratios.append(np.asarray(note, dtype=np.float64) if len(note) else np.full(count, np.nan))
+            offset += count
+        if not keep:
+            return
+        index = keep[0] if len(keep) == 1 else np.concatenate(keep)
+        ratios = ratios[0] if len(ratios) == 1 else np.concatenate(ratios)
+        rows = batch if len(index) == len(batch) else batch[index]
+        probabilities = np.asarray(outputs[PROBABILITIES])
+        probabilities = probabilities if len(index) == len(probabilities) else probabilities[index]
+        monitor = self.monitor(model)
+        aspect = None if np.isnan(ratios).all() else ratios
+
+        def assess_and_record() -> None:
+            assessment = quality.assess(rows, monitor.profile, aspect)
+            predicted = model.predicted_classes(probabilities)
+            in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
+            monitor.observe(assessment, probabilities, predicted, in_band, [None] * len(predicted))
+
+        if not self._background.submit(assess_and_record):
+            monitor.skip(len(index))
 
     def monitor(self, model) -> VersionMonitor:
         key = (model.name, model.version)
@@ -247,6 +325,7 @@ class Monitoring:
                               prediction.predicted == true, int(rates["labels"]))
 
     def snapshots(self) -> list[tuple[VersionMonitor, dict]]:
+        self._background.drain(SCRAPE_WAIT_S)  # so a scrape after a response counts its images
         with self._lock:
             monitors = list(self._monitors.values())
         return [(monitor, monitor.snapshot()) for monitor in monitors]
@@ -264,6 +343,8 @@ class _Collector:
     def collect(self):
         labels = ["model", "version"]
         images = CounterMetricFamily("histoedge_quality_images", "images checked for quality", labels=labels)
+        skipped = CounterMetricFamily("histoedge_quality_skipped_images", "images served but not checked "
+                                      "because monitoring's background queue was full", labels=labels)
         failures = CounterMetricFamily("histoedge_quality_failures", "images failing a quality check, by reason",
                                        labels=labels + ["reason"])
         abstentions = CounterMetricFamily("histoedge_abstentions", "images answered 'indeterminate', by reason",
@@ -286,6 +367,7 @@ class _Collector:
         for monitor, snap in self.monitoring.snapshots():
             key = [monitor.name, str(monitor.version)]
             images.add_metric(key, snap["images"])
+            skipped.add_metric(key, snap["skipped"])
             for reason in REASONS:
                 failures.add_metric(key + [reason], snap["failures"].get(reason, 0))
             for reason in ("quality", "uncertain"):
@@ -305,4 +387,4 @@ class _Collector:
                                       labels=["outcome"])
         for outcome in ("recorded", "unknown_id", "bad_label"):
             reports.add_metric([outcome], self.monitoring.reports[outcome])
-        yield from (images, failures, abstentions, drift, window_images, positive, low, *feedback.values(), reports)
+        yield from (images, skipped, failures, abstentions, drift, window_images, positive, low, *feedback.values(), reports)

@@ -192,3 +192,45 @@ def test_tampered_profile_is_refused_and_series_vanish_on_unload(tmp_path, start
     server.models.refresh()
     wait_until(lambda: server.models.versions("tiny") == (3,))
     assert server.metrics.registry.get_sample_value("histoedge_quality_images_total", labels) is None
+
+
+def test_checked_and_deferred_requests_merged_in_one_batch_are_each_counted_once(exported_repo, start_server):
+    """Requests asking for ``quality`` are assessed in their thread, the others after the answer."""
+    import concurrent.futures
+    import time
+
+    runs = []
+
+    def slow_first_run(run):
+        def wrapped(batch):
+            runs.append(len(batch))
+            if len(runs) == 1:
+                time.sleep(0.3)  # the other requests queue up and run as one batch after this
+            return run(batch)
+        return wrapped
+
+    server = start_server(exported_repo, run_hook=slow_first_run, max_queue_delay_ms=100)
+    tiles = he_tiles(20, SIZE, seed=3)[0]
+    wide = np.concatenate([tiles[0]] * 3, axis=1)  # width / height 3: fails the size_ratio check
+    requests = [[encode(image) for image in tiles[i * 4:(i + 1) * 4]] for i in range(5)]
+    requests[1][0] = requests[2][0] = encode(wide)  # one checked request, one deferred
+
+    def send(index):
+        data = np.empty(4, dtype=object)
+        data[:] = requests[index]
+        outputs = ("label", "quality") if index % 2 else ()
+        with InferenceClient(f"127.0.0.1:{server.port}") as client:
+            return client.infer([Tensor("image_bytes", "BYTES", data)], "breast", outputs=outputs)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        first = pool.submit(send, 0)
+        wait_until(lambda: runs)
+        rest = [pool.submit(send, index) for index in range(1, 5)]
+        answers = [first.result(), *(future.result() for future in rest)]
+    assert max(runs) >= 8, runs  # checked and deferred requests shared a batch
+    assert all("quality" in answers[i] for i in (1, 3)) and "quality" not in answers[2]
+    assert _metric(server, "histoedge_quality_images_total") == 20
+    assert _metric(server, "histoedge_window_images", window="count") == 20
+    assert _metric(server, "histoedge_quality_failures_total", reason="size_ratio") == 2
+    assert "size_ratio" in json.loads(answers[1]["quality"][0])["failed"]
+    assert _metric(server, "histoedge_quality_skipped_images_total") == 0
