@@ -44,7 +44,7 @@ def test_promtool_checks_and_rule_tests_pass():
     promtool = _tool("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 5 rules found" in check.stdout
+    assert "SUCCESS: 6 rules found" in check.stdout
     test = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent,
                           capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
@@ -123,7 +123,7 @@ def test_real_prometheus_scrapes_the_drift_metric(tmp_path, busy_server):
         assert result[0]["metric"]["job"] == "histoedge" and result[0]["metric"]["version"] == "1"
         assert float(result[0]["value"][1]) == pytest.approx(expected)
         rules = _get(f"{api}/rules")["data"]["groups"][0]["rules"]
-        assert len(rules) == 5 and all(rule["health"] != "err" for rule in rules)
+        assert len(rules) == 6 and all(rule["health"] != "err" for rule in rules)
         sensitivity = _get(f"{api}/query?query=histoedge_feedback_sensitivity")["data"]["result"]
         assert sensitivity and np.isfinite(float(sensitivity[0]["value"][1]))
     finally:
