@@ -193,7 +193,8 @@ class ModelVersion:
             requested = watch.outputs if watch else request.outputs
             names = [] if watch and watch.quality and not requested else self._check_outputs(requested)
             note = self.monitoring.note(watch, request.inputs) if watch else None
-            future = self.batcher.submit(rows, request.deadline, note)
+            # A request with checks to make waits in parallel with its batch; others may run here.
+            future = self.batcher.submit(rows, request.deadline, note, run_here=not watch or watch.deferred)
         finally:
             self.batcher.withdraw()
         if watch and not watch.deferred:
