@@ -26,6 +26,9 @@ CANDIDATES = {
     "seed arch (Flatten-Dense)": dict(filters=[32, 64, 128, 256, 256], dense_units=[256, 128], global_pool=False),
     "seed filters, global pool": dict(filters=[32, 64, 128, 256, 256], dense_units=[64], global_pool=True),
     "half filters, global pool": dict(filters=[16, 32, 64, 128, 128], dense_units=[64], global_pool=True),
+    "32-64-128-128, global pool": dict(filters=[32, 64, 128, 128], dense_units=[128], global_pool=True),
+    "16-32-64-256, global pool": dict(filters=[16, 32, 64, 256], dense_units=[128], global_pool=True),
+    "16-32-64-128, global pool": dict(filters=[16, 32, 64, 128], dense_units=[64], global_pool=True),
     "16-32-64-64, global pool": dict(filters=[16, 32, 64, 64], dense_units=[64], global_pool=True),
     "8-16-32-64, global pool": dict(filters=[8, 16, 32, 64], dense_units=[32], global_pool=True),
 }

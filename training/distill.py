@@ -53,6 +53,32 @@ def teacher_probabilities(run_dir: Path, names, combiner, images: np.ndarray, ba
     return combiner.predict_proba(member_probs)
 
 
+def augmented_views(images: np.ndarray, augment, views: int, *, batch_size: int, seed: int = 0) -> np.ndarray:
+    """``views`` copies of uint8 ``images`` [N, H, W, 3], view-major: the images, then augmented copies.
+
+    Args:
+        images: uint8 training images.
+        augment: the :class:`AugmentConfig` the members trained with.
+        views: copies per image, the first un-augmented.
+        batch_size: images augmented per call.
+        seed: the views are the same for the same seed and batch size.
+
+    Returns:
+        uint8 [views * N, H, W, 3]; rows ``v * N + i`` are views of image ``i``.
+    """
+    from histoedge.training.data.augment import augment_batch
+
+    n = len(images)
+    out = np.empty((views * n, *images.shape[1:]), np.uint8)
+    out[:n] = images
+    for view in range(1, views):
+        for start in range(0, n, batch_size):
+            chunk = np.asarray(images[start:start + batch_size], np.float32)
+            augmented = np.asarray(augment_batch(chunk, augment, [seed, view * 1_000_003 + start]))
+            out[view * n + start:view * n + start + len(chunk)] = np.clip(np.rint(augmented), 0, 255)
+    return out
+
+
 def distill_dataset(images, labels, teacher, num_classes: int, *, batch_size: int, training: bool,
                     augment=None, seed: int = 0):
     """``tf.data`` of ``(float images, [teacher | one-hot])``; augmented and shuffled when training.
@@ -89,8 +115,11 @@ def distill_dataset(images, labels, teacher, num_classes: int, *, batch_size: in
             .prefetch(tf.data.AUTOTUNE))
 
 
-def fit_student(config: TrainConfig, train, val, num_classes: int, out_dir: Path, *, verbose: int = 1):
+def fit_student(config: TrainConfig, train, val, num_classes: int, out_dir: Path, *, verbose: int = 1,
+                augment=None):
     """Train the student on ``train = (images, labels, teacher_probs)``; early stopping on ``val``.
+
+    ``augment``: the augmentation of the training views (default ``config.augmentation``).
 
     Returns the trained ``keras.Model`` (softmax "probabilities" output), saved as
     ``out_dir/model.keras``.
@@ -125,8 +154,8 @@ def fit_student(config: TrainConfig, train, val, num_classes: int, out_dir: Path
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=stop.patience,
                                                        restore_best_weights=stop.restore_best_weights,
                                                        verbose=int(verbose > 0)))
-    train_ds = distill_dataset(*train, num_classes, batch_size=batch, training=True, augment=config.augmentation,
-                               seed=seed)
+    train_ds = distill_dataset(*train, num_classes, batch_size=batch, training=True,
+                               augment=config.augmentation if augment is None else augment, seed=seed)
     val_ds = distill_dataset(*val, num_classes, batch_size=batch, training=False)
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
     save_model(model, out_dir / "model.keras")
@@ -157,12 +186,21 @@ def distill_student(config: TrainConfig, dataset, splits, run_dir: Path, combine
         done.unlink(missing_ok=True)
         started = time.time()
         train_idx, val_idx = splits["train"], splits["val"]
-        x_train = dataset.images[train_idx]
-        log.info("student: ensemble probabilities of %d training images", len(x_train))
+        x_train, y_train, augment = dataset.images[train_idx], dataset.labels[train_idx], None
+        views = config.distill.teacher_views
+        if views:
+            from histoedge.training.data.augment import AugmentConfig
+
+            # Fixed views scored by the ensemble: the student's target is the teacher's answer
+            # for the very pixels it sees, so the views are not augmented again.
+            x_train = augmented_views(x_train, config.augmentation, views, batch_size=batch, seed=config.seed)
+            y_train, augment = np.tile(y_train, views), AugmentConfig.preset_config("none")
+        log.info("student: ensemble probabilities of %d training images (%d views each)", len(train_idx),
+                 max(1, views))
         teacher = teacher_probabilities(run_dir, names, combiner, x_train, batch)
-        model = fit_student(config, (x_train, dataset.labels[train_idx], teacher),
+        model = fit_student(config, (x_train, y_train, teacher),
                             (dataset.images[val_idx], dataset.labels[val_idx], ensemble_val),
-                            len(dataset.classes), out_dir, verbose=verbose)
+                            len(dataset.classes), out_dir, verbose=verbose, augment=augment)
         seconds = round(time.time() - started, 1)
         done.write_text(json.dumps({"train_seconds": seconds, "distill": settings, "teacher": teacher_config}) + "\n")
     predict = lambda idx: np.asarray(model.predict(dataset.images[idx].astype(np.float32), batch_size=batch,

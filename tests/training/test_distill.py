@@ -22,6 +22,7 @@ from histoedge.training.report import load_predictions
     ("distill.epochs=0", "distill.epochs must be >= 1"),
     ("distill.enabled=maybe", "distill.enabled must be true or false"),
     ("distill.teacher=x", "unknown config key 'distill.teacher'"),
+    ("distill.teacher_views=1", "distill.teacher_views must be 0 .off. or at least 2"),
 ])
 def test_distill_section_is_validated_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -46,7 +47,9 @@ def test_distillation_loss_mixes_soft_and_hard_terms():
     assert soft == pytest.approx(kl, rel=1e-4)
 
 
-def test_student_learns_the_ensembles_probabilities_of_training_images_only(image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("views", [0, 2])
+def test_student_learns_the_ensembles_probabilities_of_training_images_only(image_folder, tmp_path, monkeypatch,
+                                                                           views):
     from histoedge.training.ensemble import Ensemble
 
     seen = []
@@ -61,7 +64,7 @@ def test_student_learns_the_ensembles_probabilities_of_training_images_only(imag
     overrides = ["model.filters=[8, 16]", "model.block_dropout=[0.0, 0.0]", "model.dense_units=[16]",
                  "evaluation.bootstrap=20", "training.early_stopping.enabled=false",
                  'ensemble.members=["class_weight", "focal"]', "distill.filters=[4, 8]",
-                 "distill.dense_units=[8]", "distill.block_dropout=[0.0]"]
+                 "distill.dense_units=[8]", "distill.block_dropout=[0.0]", f"distill.teacher_views={views}"]
     args = argparse.Namespace(data=str(image_folder), out=str(run), config=None, ensemble=True, distill=True,
                               recipe=None, epochs=1, image_size=32, batch_size=16, seed=0, magnification=None,
                               label=None, overrides=overrides, quiet=True)
@@ -72,8 +75,11 @@ def test_student_learns_the_ensembles_probabilities_of_training_images_only(imag
     with open(run / "splits.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     n = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-    assert len(x_train) == len(y_train) == len(teacher) == n["train"] and len(x_val) == n["val"]
-    # The soft targets are the ensemble's probabilities of exactly these (un-augmented) training images.
+    assert len(x_train) == len(y_train) == len(teacher) == max(1, views) * n["train"] and len(x_val) == n["val"]
+    if views:  # the images themselves, then augmented copies with the same labels
+        assert np.array_equal(y_train[:n["train"]], y_train[n["train"]:])
+        assert not np.array_equal(x_train[:n["train"]], x_train[n["train"]:])
+    # The soft targets are the ensemble's probabilities of exactly the images (or views) the student fits.
     import keras
     ensemble = Ensemble.load(run / "ensemble.json")
     member_probs = [keras.models.load_model(run / "members" / m / "model.keras", compile=False)
@@ -89,3 +95,17 @@ def test_student_learns_the_ensembles_probabilities_of_training_images_only(imag
     assert predictions["test"]["student"].shape == (n["test"], 2)
     assert (run / "student" / "model.keras").is_file() and (run / "student" / "metrics.json").is_file()
     assert "student" in (run / "report.md").read_text()
+
+
+def test_augmented_views_start_with_the_images_and_repeat_for_a_seed():
+    from histoedge.training.config import load_config
+    from histoedge.training.distill import augmented_views
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    augment = load_config(None, []).augmentation
+    views = augmented_views(images, augment, 3, batch_size=2, seed=4)
+    assert views.shape == (15, 16, 16, 3) and views.dtype == np.uint8
+    assert np.array_equal(views[:5], images)
+    assert not np.array_equal(views[5:10], images) and not np.array_equal(views[5:10], views[10:])
+    assert np.array_equal(views, augmented_views(images, augment, 3, batch_size=2, seed=4))
+    assert not np.array_equal(views, augmented_views(images, augment, 3, batch_size=2, seed=5))
