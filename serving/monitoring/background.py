@@ -6,8 +6,7 @@ assessed here, a whole batch at a time, after the batcher has delivered the resu
 monitoring is off the request's latency path and its numpy work runs once per batch
 instead of once per request.  When the queue is full (the server is saturated and
 monitoring has fallen behind) a job is refused and its images are counted as skipped,
-never queued without bound.  The thread runs at the lowest CPU priority, so on a busy core it
-yields to requests.  :meth:`BackgroundObserver.drain` lets a metrics scrape wait
+never queued without bound.  :meth:`BackgroundObserver.drain` lets a metrics scrape wait
 for the jobs already queued, so a scrape taken after a response includes its images.
 
 Example::
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from typing import Callable
@@ -82,7 +80,6 @@ class BackgroundObserver:
             thread.join(timeout)
 
     def _work(self) -> None:
-        _lowest_priority()
         while True:
             with self._cond:
                 while not self._jobs and not self._closed:
@@ -99,15 +96,3 @@ class BackgroundObserver:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-
-
-def _lowest_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux threads have their own nice value).
-
-    On a busy core the checks then run when requests leave it idle instead of delaying an
-    answer on its way out; elsewhere, or where it is refused, nothing changes.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass

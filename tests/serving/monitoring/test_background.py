@@ -80,17 +80,3 @@ def test_batches_refused_by_a_full_queue_are_counted_as_skipped():
     assert registry.get_sample_value("histoedge_quality_skipped_images_total", labels) == 3
     assert registry.get_sample_value("histoedge_positive_rate", {**labels, "window": "count"}) == 1.0
     monitoring.close()
-
-
-def test_the_thread_runs_at_the_lowest_priority_where_the_system_allows():
-    import os
-    import sys
-
-    observer, seen = BackgroundObserver(max_jobs=1), []
-    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    observer.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-    assert observer.drain(timeout=5)
-    observer.close()
-    if sys.platform.startswith("linux"):  # per-thread nice values are a Linux feature
-        assert seen == [19]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the caller is untouched
