@@ -245,9 +245,9 @@ def raw_probabilities(model: Path, images: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- measuring
 
 def measured(target: Target, concurrency: int, pid: int, *, seconds: float, max_requests: int,
-             cores: str | None) -> dict[str, Any]:
+             cores: str | None, metrics_port: int | None = None) -> dict[str, Any]:
     return measured_load(target, concurrency, pid, max_requests=max_requests, max_seconds=seconds, cores=cores,
-                         cpu=tree_cpu_seconds)
+                         cpu=tree_cpu_seconds, metrics_port=metrics_port)
 
 
 def measure(chosen: list[System], model: Path, images: np.ndarray, payloads: list[bytes], cfg: dict,
@@ -280,7 +280,9 @@ def measure(chosen: list[System], model: Path, images: np.ndarray, payloads: lis
                 for concurrency in CONCURRENCY:
                     seconds = cfg["c1_seconds"] if concurrency == 1 else cfg["c16_seconds"]
                     runs[concurrency] = measured(target, concurrency, server["pid"], seconds=seconds,
-                                                 max_requests=cfg["max_requests"], cores=client_cores)
+                                                 max_requests=cfg["max_requests"], cores=client_cores,
+                                                 metrics_port=server.get("metrics_port") if
+                                                 system.key.startswith("histoedge") else None)
                 current["systems"][system.key] = runs
                 print(f"  {system.label:31s} raw best {best['images_per_s']:4.0f}/s, b1 {raw[0]['p50_ms']:.2f} ms | "
                       f"c=1 p50 {runs[1]['p50_ms'] or 0:6.2f} ms, c=16 {runs[16]['throughput']:4.0f} req/s "

@@ -107,7 +107,8 @@ def measure_precision(precision: str, repo: Path, name: str, images, pngs, cfg: 
             for concurrency in cfg["concurrency"]:
                 before = metrics_text(server["metrics_port"])
                 result = measured_load(target, concurrency, server["pid"], max_requests=cfg["max_requests"],
-                                       max_seconds=cfg["max_seconds"], cores=client_cores)
+                                       max_seconds=cfg["max_seconds"], cores=client_cores,
+                                       metrics_port=server["metrics_port"])
                 result.update(input=input_kind, batching=True,
                               mean_batch=batch_stats(before, metrics_text(server["metrics_port"])))
                 runs.append(result)
@@ -145,7 +146,7 @@ def batching_ab(repo: Path, payloads, cfg: dict, cores, client_cores, precision:
                 rounds[label].append(measured_load(
                     Target.grpc(server["address"], payloads), concurrency, server["pid"],
                     max_requests=cfg["max_requests"] // cfg["ab_rounds"], max_seconds=cfg["max_seconds"] / 2,
-                    cores=client_cores))
+                    cores=client_cores, metrics_port=server["metrics_port"]))
     summary = {label: {key: float(np.median([r[key] for r in runs if r[key] is not None] or [np.nan]))
                        for key in ("throughput", "p50_ms", "p99_ms", "server_cpu_ms_per_request")}
                for label, runs in rounds.items()}
@@ -176,7 +177,7 @@ def overhead_ab(server: dict[str, Any], model: Path, images, payloads, cfg: dict
             else:
                 measured["server"] = measured_load(Target.grpc(server["address"], payloads), 1, server["pid"],
                                                    max_requests=cfg["max_requests"], max_seconds=seconds,
-                                                   cores=client_cores)
+                                                   cores=client_cores, metrics_port=server["metrics_port"])
         pairs.append({"raw_p50_ms": measured["raw"]["p50_ms"], "server_p50_ms": measured["server"]["p50_ms"],
                       "raw_cpu_ms": measured["raw"]["cpu_ms_per_image"],
                       "server_cpu_ms": measured["server"]["server_cpu_ms_per_request"]})
@@ -202,7 +203,7 @@ def measure_student(cfg: dict, images, pngs, cores, client_cores) -> dict[str, A
             for concurrency in (1, 16):
                 result = measured_load(Target.grpc(server["address"], payloads), concurrency, server["pid"],
                                        max_requests=cfg["max_requests"], max_seconds=cfg["max_seconds"] / 2,
-                                       cores=client_cores)
+                                       cores=client_cores, metrics_port=server["metrics_port"])
                 result.update(input=input_kind, batching=True)
                 runs.append(result)
                 print(f"[student int8] {input_kind:6s} c={concurrency:<3d} {result['throughput']:7.1f} req/s "

@@ -211,20 +211,35 @@ WARMUP = 2  # un-timed requests per client before each measured run
 
 
 def measured_load(target, concurrency: int, pid: int, *, max_requests: int, max_seconds: float,
-                  cores: str | None, cpu=cpu_seconds) -> dict[str, Any]:
+                  cores: str | None, cpu=cpu_seconds, metrics_port: int | None = None) -> dict[str, Any]:
     """``run_load`` plus the server's CPU milliseconds per request (robust to other load on the machine).
 
     ``cpu`` reads the server's CPU seconds: :func:`cpu_seconds` for one process,
     :func:`tree_cpu_seconds` for a server that runs workers in child processes.
+    ``metrics_port`` (histoedge): scraped before the CPU is read, because a scrape waits for the
+    monitoring checks still queued after the last answer, so their CPU is counted; the images
+    monitoring skipped meanwhile are reported as ``monitoring_skipped_images``.
     """
     from bench.loadgen import run_load
 
+    skipped_before = _skipped_images(metrics_port)
     before = cpu(pid)
     result = run_load(target, concurrency, max_requests=max_requests, max_seconds=max_seconds,
                       warmup=WARMUP, cores=cores).to_dict()
+    skipped = _skipped_images(metrics_port)
     served = result["requests"] + result["errors"] + WARMUP * concurrency
     result["server_cpu_ms_per_request"] = (cpu(pid) - before) * 1000.0 / max(served, 1)
+    if metrics_port is not None:
+        result["monitoring_skipped_images"] = skipped - skipped_before
     return result
+
+
+def _skipped_images(metrics_port: int | None) -> float:
+    """``histoedge_quality_skipped_images_total`` summed over versions (0 without a port)."""
+    if metrics_port is None:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text(metrics_port).splitlines()
+               if line.startswith("histoedge_quality_skipped_images_total"))
 
 
 def python_exe() -> str:
