@@ -10,10 +10,6 @@ The worker only waits while more requests are known to be on their way
 (callers :meth:`Batcher.announce` a request before decoding its images), so a
 lone request on an idle server runs at once instead of paying the delay, and
 under load requests that queued up during a run are merged without waiting.
-A caller that will only wait for its answer may let a lone request
-(``run_here=True``; nothing queued, running or announced by others) run in its
-own thread: two thread hand-offs fewer at concurrency 1.  Runs never overlap:
-the worker waits while a caller runs, and other callers queue.
 With ``wait="full"`` it always waits the whole delay (Triton's behaviour),
 which favours larger batches, e.g. on a GPU.  A cancelled request leaves the queue at once;
 one whose deadline passed before its batch started is answered with an error
@@ -94,7 +90,6 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._arriving = 0
-        self._busy = False  # a batch is running, in the worker or in a caller's thread
         self._wait_full = wait == "full"
         self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
 
@@ -117,13 +112,11 @@ class Batcher:
             self._arriving -= 1
             self._cond.notify_all()
 
-    def submit(self, rows: np.ndarray, deadline: float | None = None, note: object = None,
-               run_here: bool = False) -> Future:
+    def submit(self, rows: np.ndarray, deadline: float | None = None, note: object = None) -> Future:
         """Queue ``rows``; the future's result is a dict of output arrays for these rows only.
 
         Cancelling the future takes the request out of the queue.  ``note`` is handed back to
-        ``on_delivered`` with this request's rows.  ``run_here``: when the batcher is idle and
-        no other request is on its way, run the rows in this thread and return a done future.
+        ``on_delivered`` with this request's rows.
         """
         item = _Pending(rows=rows, deadline=deadline, note=note)
         with self._cond:
@@ -133,20 +126,9 @@ class Batcher:
                 raise QueueFullError(
                     f"model '{self.name}' has {len(self._queue)} requests waiting, the limit "
                     f"(--max-queue-size); retry later")
-            # Alone (no other request queued, running or being decoded): run it right here.
-            inline = run_here and not (self._busy or self._queue or self._arriving > 1 or self._wait_full)
-            if inline:
-                self._busy = True
-            else:
-                self._queue.append(item)
-                self._depth_changed()
-                self._cond.notify_all()
-        if inline:
-            try:
-                self._run_batch([item])
-            finally:
-                self._release()
-            return item.future
+            self._queue.append(item)
+            self._depth_changed()
+            self._cond.notify_all()
         item.future.add_done_callback(lambda future: self._discard(item))
         return item.future
 
@@ -179,8 +161,8 @@ class Batcher:
     def _take(self) -> list[_Pending] | None:
         """Wait for a batch to fill (or the delay to pass); None once closed and empty."""
         with self._cond:
-            while not self._queue or self._busy:
-                if self._closed and not self._queue:
+            while not self._queue:
+                if self._closed:
                     return None
                 self._cond.wait()
             fill_by = self._queue[0].enqueued + self.max_delay_s
@@ -196,7 +178,6 @@ class Batcher:
                 item = self._queue.popleft()
                 taken.append(item)
                 rows += len(item.rows)
-            self._busy = bool(taken)
             self._depth_changed()
             return taken
 
@@ -206,15 +187,7 @@ class Batcher:
             if taken is None:
                 return
             if taken:
-                try:
-                    self._run_batch(taken)
-                finally:
-                    self._release()
-
-    def _release(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
+                self._run_batch(taken)
 
     def _run_batch(self, taken: list[_Pending]) -> None:
         now = time.monotonic()

@@ -193,8 +193,7 @@ class ModelVersion:
             requested = watch.outputs if watch else request.outputs
             names = [] if watch and watch.quality and not requested else self._check_outputs(requested)
             note = self.monitoring.note(watch, request.inputs) if watch else None
-            # A request with checks to make waits in parallel with its batch; others may run here.
-            future = self.batcher.submit(rows, request.deadline, note, run_here=not watch or watch.deferred)
+            future = self.batcher.submit(rows, request.deadline, note)
         finally:
             self.batcher.withdraw()
         if watch and not watch.deferred:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -150,38 +149,3 @@ def test_batcher_waits_for_announced_requests():
     np.testing.assert_array_equal(second.result(10)["double"], [[2], [2]])
     batcher.close()
     assert runs == [3]
-
-
-def test_a_lone_request_may_run_in_the_callers_thread_and_runs_never_overlap():
-    threads, running, most = [], [0], [0]
-    lock = threading.Lock()
-
-    def run(batch):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        threads.append(threading.current_thread().name)
-        time.sleep(0.002)
-        with lock:
-            running[0] -= 1
-        return echo(batch)
-
-    batcher = Batcher(run, max_batch_size=8, max_delay_s=0.001, max_queue_size=64, name="t").start()
-    lone = batcher.submit(np.ones((1, 1)), run_here=True)
-    assert lone.done() and threads == [threading.current_thread().name]
-    assert batcher.submit(np.ones((1, 1))).result(5) is not None and threads[-1] == "batcher-t"  # not asked
-
-    def caller(index):
-        batcher.announce()
-        try:
-            future = batcher.submit(np.full((1, 1), index), run_here=True)
-        finally:
-            batcher.withdraw()
-        return future.result(10)["double"][0, 0]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(caller, range(200)))
-    batcher.close()
-    assert answers == [2 * i for i in range(200)]  # each caller got its own rows back
-    assert most[0] == 1  # inline runs and the worker's batches never overlapped
-    assert "batcher-t" in threads[2:] and len(set(threads)) > 2  # both kinds of run happened
