@@ -1,10 +1,13 @@
 """Distil the ensemble into one student CNN trained on the ensemble's probabilities.
 
 The student learns from the ensemble's probabilities of the TRAINING split only: the members
-predict the un-augmented training images, the fitted combiner (stacking or soft vote) turns
-those into ensemble probabilities, and the student is fitted to them (mixed with the hard
-labels, :class:`training.losses.distillation.DistillationLoss`) under the members' usual
-augmentation. Validation images (with the ensemble's validation probabilities as soft targets)
+predict training images, the fitted combiner (stacking or soft vote) turns those into ensemble
+probabilities, and the student is fitted to them (mixed with the hard labels,
+:class:`training.losses.distillation.DistillationLoss`). By default (``distill.teacher_views``
+4) the augmentation is drawn once: each training image and three augmented copies are scored
+by the ensemble, and the student fits those fixed views, each to the ensemble's probability of
+that view. With 0 the ensemble scores the un-augmented images and the student fits freshly
+augmented views of each to its image's probability. Validation images (with the ensemble's validation probabilities as soft targets)
 only drive early stopping; the threshold is then chosen on validation and the test split is
 scored once, like any member. The student lands in ``RUN/student/`` (``model.keras``,
 ``history.csv``, ``metrics.json``, ``DONE``).
