@@ -4,7 +4,7 @@ The student learns from the ensemble's probabilities of the TRAINING split only:
 predict training images, the fitted combiner (stacking or soft vote) turns those into ensemble
 probabilities, and the student is fitted to them (mixed with the hard labels,
 :class:`training.losses.distillation.DistillationLoss`). By default (``distill.teacher_views``
-4) the augmentation is drawn once: each training image and three augmented copies are scored
+8) the augmentation is drawn once: each training image and seven augmented copies are scored
 by the ensemble, and the student fits those fixed views, each to the ensemble's probability of
 that view. With 0 the ensemble scores the un-augmented images and the student fits freshly
 augmented views of each to its image's probability. Validation images (with the ensemble's validation probabilities as soft targets)
@@ -54,6 +54,17 @@ def teacher_probabilities(run_dir: Path, names, combiner, images: np.ndarray, ba
                                                      verbose=0), np.float64))
         keras.backend.clear_session()
     return combiner.predict_proba(member_probs)
+
+
+def views_that_fit(requested: int, images: np.ndarray, memory_mb: int) -> int:
+    """The number of views (at most ``requested``, at least 2) whose uint8 copies fit in ``memory_mb``.
+
+    Example:
+        >>> views_that_fit(8, np.zeros((5000, 224, 224, 3), np.uint8), 2048)
+        2
+    """
+    per_view = max(1, images[:1].nbytes * len(images))
+    return max(2, min(requested, int(memory_mb * 2**20 // per_view)))
 
 
 def augmented_views(images: np.ndarray, augment, views: int, *, batch_size: int, seed: int = 0) -> np.ndarray:
@@ -190,8 +201,12 @@ def distill_student(config: TrainConfig, dataset, splits, run_dir: Path, combine
         started = time.time()
         train_idx, val_idx = splits["train"], splits["val"]
         x_train, y_train, augment = dataset.images[train_idx], dataset.labels[train_idx], None
-        views = config.distill.teacher_views
+        views = requested = config.distill.teacher_views
         if views:
+            views = views_that_fit(requested, x_train, config.distill.view_memory_mb)
+            if views < requested:
+                log.warning("student: %d teacher views instead of %d, so that they fit in "
+                            "distill.view_memory_mb=%d", views, requested, config.distill.view_memory_mb)
             from histoedge.training.data.augment import AugmentConfig
 
             # Fixed views scored by the ensemble: the student's target is the teacher's answer

@@ -109,3 +109,13 @@ def test_augmented_views_start_with_the_images_and_repeat_for_a_seed():
     assert not np.array_equal(views[5:10], images) and not np.array_equal(views[5:10], views[10:])
     assert np.array_equal(views, augmented_views(images, augment, 3, batch_size=2, seed=4))
     assert not np.array_equal(views, augmented_views(images, augment, 3, batch_size=2, seed=5))
+
+
+def test_views_are_lowered_to_fit_the_memory_budget_but_never_below_two():
+    from histoedge.training.distill import views_that_fit
+
+    tiles = np.zeros((1000, 64, 64, 3), np.uint8)          # 12 MiB a view
+    assert views_that_fit(8, tiles, 2048) == 8
+    assert views_that_fit(8, tiles, 60) == 5                # 60 MiB hold 5 views of 12 MiB
+    assert views_that_fit(8, np.zeros((5000, 224, 224, 3), np.uint8), 2048) == 2   # 718 MiB a view
+    assert load_config(None, []).distill.teacher_views == 8
