@@ -229,22 +229,26 @@ with np.errstate(divide="ignore"):
 _GREY_WEIGHTS = (9798, 19235, 3735)   # R, G, B in 1/2**15 (BT.601 luma; they sum to 2**15)
 
 
-def _max_min(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _value_and_range(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V = max(R, G, B) and max - min, both uint8."""
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     value = np.maximum(np.maximum(red, green), blue)
-    return value, value - np.minimum(np.minimum(red, green), blue), red
+    return value, value - np.minimum(np.minimum(red, green), blue)
+
+
+def _saturation(value: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    return (diff * _SDIV[value] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
 
 
 def rgb_saturation(rgb: np.ndarray) -> np.ndarray:
     """The S channel of :func:`rgb_to_hsv` alone (int32), for callers that need no hue."""
-    value, diff, _ = _max_min(rgb)
-    return (diff * _SDIV[value] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    return _saturation(*_value_and_range(rgb))
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     """uint8 HSV of uint8 RGB [..., 3] as ``cv2.COLOR_RGB2HSV``: hue 0-179 (degrees / 2), S, V 0-255."""
-    value, diff, red = _max_min(rgb)
-    saturation = (diff * _SDIV[value] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    value, diff = _value_and_range(rgb)
+    saturation = _saturation(value, diff)
     red, green, blue = (rgb[..., index].astype(np.int32) for index in range(3))
     diff = diff.astype(np.int32)
     hue = np.where(value == rgb[..., 0], green - blue,
