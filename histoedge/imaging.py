@@ -111,16 +111,23 @@ def _shrink_whole(pixels: np.ndarray, fy: int, fx: int) -> np.ndarray:
     height, width, channels = pixels.shape
     out_h, out_w = height // fy, width // fx
     wide = np.uint16 if fy * fx <= 257 else np.uint32          # integer sums: order is free
-    # Strided adds of whole slices (rows of a block, then its columns as channel groups) beat
-    # numpy's axis reductions and per-channel loops.
+    # Strided adds of whole slices beat numpy's axis reductions: first the rows of a block, then
+    # its columns one channel plane at a time.  Adding [.., :channels] slices of interleaved
+    # pixels instead runs numpy's inner loop over only `channels` elements (9x slower at 224 px).
     rows = pixels.reshape(out_h, fy, width, channels)
     columns = rows[:, 0].astype(wide)
     for index in range(1, fy):
         columns += rows[:, index]
-    blocks = columns.reshape(out_h, out_w, fx * channels)
-    total = blocks[:, :, :channels] + blocks[:, :, channels:2 * channels] if fx > 1 else blocks.copy()
-    for index in range(2, fx):
-        total += blocks[:, :, index * channels:(index + 1) * channels]
+    cells = columns.reshape(out_h, out_w, fx, channels)
+    total = np.empty((out_h, out_w, channels), wide)
+    for channel in range(channels):
+        plane = total[:, :, channel]
+        if fx > 1:
+            np.add(cells[:, :, 0, channel], cells[:, :, 1, channel], out=plane)
+        else:
+            plane[...] = cells[:, :, 0, channel]
+        for index in range(2, fx):
+            plane += cells[:, :, index, channel]
     if fy == 2 and fx == 2:
         total += 2
         total >>= 2
@@ -237,7 +244,11 @@ def _value_and_range(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _saturation(value: np.ndarray, diff: np.ndarray) -> np.ndarray:
-    return (diff * _SDIV[value] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
+    result = np.take(_SDIV, value)  # np.take: a quarter faster than indexing with an array
+    result *= diff
+    result += 1 << (_HSV_SHIFT - 1)
+    result >>= _HSV_SHIFT
+    return result
 
 
 def rgb_saturation(rgb: np.ndarray) -> np.ndarray:

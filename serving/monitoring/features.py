@@ -44,13 +44,20 @@ _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 _OD = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
 
 
+def _small_size(height: int, width: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(height, width) of the copy the features are computed on."""
+    scale = max(height, width) / max_side
+    if scale <= 1:
+        return height, width
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
 def downsample(images: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
     """uint8 [N, H, W, 3] with the longer side at most ``max_side`` (area interpolation)."""
     height, width = images.shape[1:3]
-    scale = max(height, width) / max_side
-    if scale <= 1:
+    size = _small_size(height, width, max_side)
+    if size == (height, width):
         return images
-    size = (max(1, round(height / scale)), max(1, round(width / scale)))
     if height % size[0] == 0 and width % size[1] == 0 and len(images):
         # whole factors: blocks never straddle two images, so the batch shrinks as one tall image
         tall = area_resize(images.reshape(-1, width, images.shape[3]), (len(images) * size[0], size[1]))
@@ -63,9 +70,12 @@ def image_features(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}")
-    # Vectorised over the batch, but in chunks of about CHUNK_PIXELS so the float temporaries
-    # stay in cache: 16 images of 224 px at once were slower per image than one at a time.
-    per_chunk = max(1, CHUNK_PIXELS // max(1, images.shape[1] * images.shape[2]))
+    # Vectorised over the batch, but in chunks of about CHUNK_PIXELS pixels of the downsampled
+    # copy (where the float temporaries live), so they stay in cache.  Measured on one core
+    # right after a model run: 5 images of 224 px at a time cost 0.44 ms an image, one at a
+    # time 0.58 ms; 16 images of 64 px at a time 0.09 ms an image.
+    height, width = _small_size(*images.shape[1:3])
+    per_chunk = max(1, CHUNK_PIXELS // max(1, height * width))
     if len(images) > per_chunk:
         return np.concatenate([_features(images[i:i + per_chunk]) for i in range(0, len(images), per_chunk)])
     return _features(images)
@@ -102,6 +112,13 @@ def _mean_od(od: np.ndarray, tissue: np.ndarray, count: np.ndarray) -> np.ndarra
 
 def _laplacian(grey: np.ndarray) -> np.ndarray:
     """4-neighbour Laplacian of uint8 [N, h, w] (OpenCV's ksize=1 kernel, mirrored border)."""
-    padded = np.pad(grey.astype(np.int16), ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    count, height, width = grey.shape
+    if height < 2 or width < 2:  # too small to mirror: numpy's rule for one row or column
+        padded = np.pad(grey.astype(np.int16), ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    else:  # np.pad's "reflect" by hand (OpenCV's BORDER_REFLECT_101), 5x cheaper at 112 px
+        padded = np.empty((count, height + 2, width + 2), np.int16)
+        padded[:, 1:-1, 1:-1] = grey
+        padded[:, 0, 1:-1], padded[:, -1, 1:-1] = grey[:, 1], grey[:, -2]
+        padded[:, :, 0], padded[:, :, -1] = padded[:, :, 2], padded[:, :, -3]
     return (padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
             - 4 * padded[:, 1:-1, 1:-1]).astype(np.float64)

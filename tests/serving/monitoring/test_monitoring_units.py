@@ -48,6 +48,20 @@ def test_features_respond_to_blur_stain_and_background(tiles):
         image_features(tiles.astype(np.float32))
 
 
+@pytest.mark.parametrize("side", [32, 224, 300])
+def test_a_batch_is_measured_in_chunks_with_the_same_values_as_one_image_at_a_time(tiles, side):
+    from histoedge.serving.monitoring import features
+
+    factor = -(-side // 32)
+    images = np.repeat(np.repeat(tiles[:12], factor, axis=1), factor, axis=2)[:, :side, :side]
+    small = features._small_size(side, side)
+    assert small == ((side, side) if side <= features.MAX_SIDE else (112, 112))
+    assert features.CHUNK_PIXELS // (small[0] * small[1]) < 12 or side == 32  # several chunks at 224+
+    together = image_features(images)
+    one_by_one = np.concatenate([image_features(images[i:i + 1]) for i in range(len(images))])
+    np.testing.assert_array_equal(together, one_by_one)
+
+
 def test_checks_pass_reference_and_catch_blur_stain_background_and_ratio(tiles, profile):
     assert sum(bool(f) for f in assess(he_tiles(120, 32, seed=5)[0], profile).failed) <= 3
     assert all("out_of_focus" in f for f in assess(blur(tiles[:40]), profile).failed)
