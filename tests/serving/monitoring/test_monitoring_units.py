@@ -56,7 +56,8 @@ def test_a_batch_is_measured_in_chunks_with_the_same_values_as_one_image_at_a_ti
     images = np.repeat(np.repeat(tiles[:12], factor, axis=1), factor, axis=2)[:, :side, :side]
     small = features._small_size(side, side)
     assert small == ((side, side) if side <= features.MAX_SIDE else (112, 112))
-    assert features.CHUNK_PIXELS // (small[0] * small[1]) < 12 or side == 32  # several chunks at 224+
+    if side > features.MAX_SIDE:  # chunked by the 112-px copies: 5 images at a time
+        assert features.CHUNK_PIXELS // (small[0] * small[1]) == 5
     together = image_features(images)
     one_by_one = np.concatenate([image_features(images[i:i + 1]) for i in range(len(images))])
     np.testing.assert_array_equal(together, one_by_one)
