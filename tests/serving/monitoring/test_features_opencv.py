@@ -57,3 +57,13 @@ def test_features_equal_the_opencv_implementation(batches, name):
     np.testing.assert_allclose(got[:, exact], expected[:, exact], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got[:, stains], expected[:, stains], rtol=0, atol=2e-5)
 
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (2, 2), (3, 7), (112, 112), (57, 112)])
+def test_the_laplacian_and_its_mirrored_border_equal_opencv_at_every_size(shape):
+    from histoedge.serving.monitoring.features import _laplacian
+
+    grey = np.random.default_rng(sum(shape)).integers(0, 256, (2, *shape), dtype=np.uint8)
+    for image, ours in zip(grey, _laplacian(grey)):
+        expected = cv2.Laplacian(image, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT_101)
+        np.testing.assert_array_equal(ours, expected)
