@@ -63,12 +63,16 @@ def test_unparseable_requests_are_invalid_argument_and_keep_no_memory(channel, c
     cut = valid_request(sample_images(1)).SerializeToString()[:-1]
     for _ in range(300):  # warm up allocator pools
         raw_call(channel, cut)
-    before = rss_bytes()
-    codes = {raw_call(channel, cut) for _ in range(1500)}
-    grown = rss_bytes() - before
+    # grpcio's own failure path kept ~18 KiB per request: each 1500 requests grew RSS by ~27 MB.
+    # A leak grows RSS in every round; the rest of this process (other fixtures' threads, the
+    # allocator taking a new arena) can grow it once, so the smaller of two rounds is judged.
+    codes, grown = set(), []
+    for _ in range(2):
+        before = rss_bytes()
+        codes |= {raw_call(channel, cut) for _ in range(1500)}
+        grown.append(rss_bytes() - before)
     assert codes == {Code.INVALID_ARGUMENT}
-    # grpcio's own failure path kept ~18 KiB per request: 1500 requests grew RSS by ~27 MB.
-    assert grown < 8 * 1024 * 1024, f"RSS grew {grown / 1e6:.1f} MB"
+    assert min(grown) < 8 * 1024 * 1024, f"RSS grew {[round(g / 1e6, 1) for g in grown]} MB in two rounds"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
