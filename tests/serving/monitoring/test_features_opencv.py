@@ -58,7 +58,6 @@ def test_features_equal_the_opencv_implementation(batches, name):
     np.testing.assert_allclose(got[:, stains], expected[:, stains], rtol=0, atol=2e-5)
 
 
-
 @pytest.mark.parametrize("shape", [(1, 5), (5, 1), (2, 2), (3, 7), (112, 112), (57, 112)])
 def test_the_laplacian_and_its_mirrored_border_equal_opencv_at_every_size(shape):
     from histoedge.serving.monitoring.features import _laplacian
