@@ -8,8 +8,9 @@ images' features and quality checks are computed one of two ways:
 * a request that asks for ``quality`` or abstention needs its own images' checks in its
   answer: :meth:`Watch.assess` runs in the request's thread while the batch runs;
 * every other request is *deferred*: the batcher hands its rows and outputs to
-  :meth:`Monitoring.observe_batch` after answering, which assesses the whole batch at once on
-  a background thread (:mod:`.background`), off the latency path.
+  :meth:`Monitoring.observe_batch` after answering.  The batches wait there briefly (see
+  :data:`BACKGROUND_LINGER_S`) and are assessed together on a background thread
+  (:mod:`.background`), off the latency path.
 
 Either way every image lands in the drift windows and quality tallies once.  Metrics are
 produced at scrape time by one collector from the versions being served, so an unloaded
@@ -50,6 +51,12 @@ ABSTAIN = "abstain"
 WINDOWS = ("count", "time")
 TIME_WINDOW_MAX_IMAGES = 20_000  # the time window holds at most this many images (memory bound)
 BACKGROUND_BATCHES = 256  # batches that may wait for background assessment before images are skipped
+# Deferred batches are assessed together: the first waits up to BACKGROUND_LINGER_S (or until
+# BACKGROUND_FILL_ROWS rows wait, or a scrape) for more.  At concurrency 1 this turns one
+# assessment per request into one per ~16 64-px requests, which costs less per image and delays
+# one answer in many instead of every one (bench/results/serving.md, the c=1 breakdown).
+BACKGROUND_LINGER_S = 0.05
+BACKGROUND_FILL_ROWS = 32
 SCRAPE_WAIT_S = 2.0       # a scrape waits this long at most for queued background work
 
 
@@ -217,17 +224,24 @@ class Monitoring:
     Args:
         settings: :class:`~histoedge.serving.settings.ServerSettings` (windows, defaults).
         registry: the server's Prometheus registry.
-        background: where deferred requests are assessed (default: a thread with a queue of
-            :data:`BACKGROUND_BATCHES` batches).
+        background: where deferred requests are assessed (default: a thread whose jobs linger
+            :data:`BACKGROUND_LINGER_S`).
+        max_pending: deferred batches that may wait; the images of more are counted as skipped.
     """
 
-    def __init__(self, settings, registry, background: BackgroundObserver | None = None) -> None:
+    def __init__(self, settings, registry, background: BackgroundObserver | None = None,
+                 max_pending: int = BACKGROUND_BATCHES) -> None:
         self.settings = settings
         self.predictions = PredictionLog(settings.prediction_memory)
         self._monitors: dict[tuple[str, int], VersionMonitor] = {}
         self._lock = threading.Lock()
         self.reports: collections.Counter[str] = collections.Counter()
-        self._background = background or BackgroundObserver(BACKGROUND_BATCHES)
+        self._background = background or BackgroundObserver(name="monitoring", linger_s=BACKGROUND_LINGER_S)
+        self._max_pending = max_pending
+        self._pending: list[_Deferred] = []   # guarded by _pending_lock
+        self._pending_rows = 0
+        self._flush_queued = False
+        self._pending_lock = threading.Lock()
         registry.register(_Collector(self))
 
     def close(self) -> None:
@@ -270,16 +284,45 @@ class Monitoring:
         probabilities = np.asarray(outputs[PROBABILITIES])
         probabilities = probabilities if len(index) == len(probabilities) else probabilities[index]
         monitor = self.monitor(model)
-        aspect = None if np.isnan(ratios).all() else ratios
+        with self._pending_lock:
+            if len(self._pending) >= self._max_pending:
+                monitor.skip(len(index))
+                return
+            self._pending.append(_Deferred(monitor, model, rows, probabilities, ratios))
+            self._pending_rows += len(index)
+            submit, self._flush_queued = not self._flush_queued, True
+            full = self._pending_rows >= BACKGROUND_FILL_ROWS
+        if submit and not self._background.submit(self._assess_pending):
+            for deferred in self._take_pending():   # the observer is closed or full: nothing will run them
+                deferred.monitor.skip(len(deferred.rows))
+        elif full:
+            self._background.hurry()
 
-        def assess_and_record() -> None:
-            assessment = quality.assess(rows, monitor.profile, aspect)
-            predicted = model.predicted_classes(probabilities)
-            in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
-            monitor.observe(assessment, probabilities, predicted, in_band, [None] * len(predicted))
+    def _take_pending(self) -> list["_Deferred"]:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            self._pending_rows, self._flush_queued = 0, False
+        return pending
 
-        if not self._background.submit(assess_and_record):
-            monitor.skip(len(index))
+    def _assess_pending(self) -> None:
+        """The background job: every deferred batch waiting, assessed once per model version."""
+        groups: dict[int, list[_Deferred]] = {}
+        for deferred in self._take_pending():
+            groups.setdefault(id(deferred.monitor), []).append(deferred)
+        for group in groups.values():
+            monitor, model = group[0].monitor, group[0].model
+            rows = _joined([d.rows for d in group])
+            probabilities = _joined([d.probabilities for d in group])
+            ratios = _joined([d.ratios for d in group])
+            aspect = None if np.isnan(ratios).all() else ratios
+            try:
+                assessment = quality.assess(rows, monitor.profile, aspect)
+                predicted = model.predicted_classes(probabilities)
+                in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
+                monitor.observe(assessment, probabilities, predicted, in_band, [None] * len(predicted))
+            except Exception:  # noqa: BLE001 - one version's failure must not lose the others' images
+                log.exception("monitoring of %s version %s failed on %d images", monitor.name, monitor.version,
+                              len(rows))
 
     def monitor(self, model) -> VersionMonitor:
         key = (model.name, model.version)
@@ -329,6 +372,21 @@ class Monitoring:
         with self._lock:
             monitors = list(self._monitors.values())
         return [(monitor, monitor.snapshot()) for monitor in monitors]
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+@dataclass(frozen=True, eq=False)
+class _Deferred:
+    """One batch's deferred rows, waiting for the background assessment."""
+
+    monitor: "VersionMonitor"
+    model: object
+    rows: np.ndarray
+    probabilities: np.ndarray
+    ratios: np.ndarray  # aspect ratio of each row's source image; NaN where unknown
 
 
 class _Collector:

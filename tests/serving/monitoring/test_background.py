@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -51,7 +52,24 @@ def test_no_thread_until_the_first_job_and_the_size_is_checked():
         BackgroundObserver(max_jobs=0)
 
 
-def test_batches_refused_by_a_full_queue_are_counted_as_skipped():
+def test_a_job_lingers_unless_hurried_or_drained():
+    observer = BackgroundObserver(max_jobs=8, linger_s=30.0)
+    ran = threading.Event()
+    assert observer.submit(ran.set)
+    assert not ran.wait(0.2)  # lingering
+    observer.hurry()
+    assert ran.wait(5)
+    ran.clear()
+    assert observer.submit(ran.set)
+    started = time.monotonic()
+    assert observer.drain(timeout=5) and ran.is_set()
+    assert time.monotonic() - started < 5
+    observer.close()
+    with pytest.raises(ValueError):
+        BackgroundObserver(linger_s=-1)
+
+
+def _monitoring(max_pending: int = 256, linger_s: float = 0.0):
     from types import SimpleNamespace
 
     import numpy as np
@@ -64,8 +82,13 @@ def test_batches_refused_by_a_full_queue_are_counted_as_skipped():
                                uncertainty_band=None)
     model = SimpleNamespace(manifest=manifest, name="m", version=1, profile=None,
                             predicted_classes=lambda p: (p[:, 1] >= 0.5).astype(int))
-    registry, observer = CollectorRegistry(), BackgroundObserver(max_jobs=1)
-    monitoring = Monitoring(ServerSettings(), registry, background=observer)
+    registry, observer = CollectorRegistry(), BackgroundObserver(max_jobs=1, linger_s=linger_s)
+    monitoring = Monitoring(ServerSettings(), registry, background=observer, max_pending=max_pending)
+    return model, registry, observer, monitoring, np
+
+
+def test_batches_refused_by_a_full_queue_are_counted_as_skipped():
+    model, registry, observer, monitoring, np = _monitoring(max_pending=1)
     gate, started = threading.Event(), threading.Event()
     assert observer.submit(lambda: (started.set(), gate.wait()))
     assert started.wait(5)
@@ -73,10 +96,32 @@ def test_batches_refused_by_a_full_queue_are_counted_as_skipped():
     outputs = {"probabilities": np.tile([[0.2, 0.8]], (6, 1))}
     parts = [(2, ()), (3, None), (1, ())]  # the middle request was assessed in its own thread
     monitoring.observe_batch(model, rows, outputs, parts)   # queued (3 deferred rows)
-    monitoring.observe_batch(model, rows, outputs, parts)   # refused: the queue is full
+    monitoring.observe_batch(model, rows, outputs, parts)   # refused: one batch is waiting, the limit
     gate.set()
     labels = {"model": "m", "version": "1"}
     assert registry.get_sample_value("histoedge_quality_images_total", labels) == 3
     assert registry.get_sample_value("histoedge_quality_skipped_images_total", labels) == 3
     assert registry.get_sample_value("histoedge_positive_rate", {**labels, "window": "count"}) == 1.0
+    monitoring.close()
+
+
+def test_deferred_batches_waiting_together_are_assessed_in_one_call_in_order(monkeypatch):
+    from histoedge.serving.monitoring import quality
+
+    model, registry, observer, monitoring, np = _monitoring(linger_s=30.0)
+    calls, assess = [], quality.assess
+    monkeypatch.setattr(quality, "assess", lambda rows, *args: (calls.append(len(rows)), assess(rows, *args))[1])
+    generator = np.random.default_rng(0)
+    batches = [generator.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8) for count in (1, 2, 1)]
+    for index, rows in enumerate(batches):
+        probabilities = np.tile([[0.9, 0.1]] if index == 1 else [[0.1, 0.9]], (len(rows), 1))
+        # the first batch's request knows its source's aspect ratio, the others do not
+        monitoring.observe_batch(model, rows, {"probabilities": probabilities}, [(len(rows), (1.0,) if index == 0
+                                                                                   else ())])
+    assert calls == []  # lingering: nothing assessed yet
+    labels = {"model": "m", "version": "1"}
+    assert registry.get_sample_value("histoedge_quality_images_total", labels) == 4  # the scrape drains
+    assert calls == [4]
+    window = monitoring.monitor(model).rows.last(10)
+    assert window[:, -2].tolist() == [1.0, 0.0, 0.0, 1.0]  # positive or not, in arrival order
     monitoring.close()
