@@ -356,13 +356,14 @@ def derive(summary: dict[str, Any], size: int = 64) -> list[dict[str, Any]]:
     # The 0.90 target is judged on CPU time: on a loaded machine the wall-clock fraction swings past
     # 1.0 and back within minutes (raw and the server never run at the same moment), while the
     # CPU a request costs does not depend on what else runs.  Both are in the table.
+    why_c16, why_c1 = _why_missed(summary, peers)
     checks = [
         check(f"{size} px: histoedge / raw onnxruntime best batch at c=16 (CPU time)", ours["cpu_fraction_of_raw_c16"],
-              ">=", 0.90),
+              ">=", 0.90, why=why_c16),
         check(f"{size} px: histoedge p50 at c=1 minus raw batch-1 p50" + unreliable, ours["overhead_c1_p50_ms"], "<=",
-              1.0, " ms"),
+              1.0, " ms", why=why_c1),
         check(f"{size} px: histoedge CPU per request at c=1 minus raw batch-1 CPU per image", ours["cpu_overhead_c1_ms"],
-              "<=", 1.0, " ms"),
+              "<=", 1.0, " ms", why=why_c1),
     ]
     if "histoedge_baseline" in summary:
         checks.append(check(f"{size} px: {summary['histoedge_baseline']['label']} / this tree, CPU per request at c=16",
@@ -375,6 +376,33 @@ def derive(summary: dict[str, Any], size: int = 64) -> list[dict[str, Any]]:
                             min(p["cpu_ms_per_request_c16"] for p in peers) / ours["cpu_ms_per_request_c16"],
                             ">", 1.0))
     return checks
+
+
+def _why_missed(summary: dict[str, Any], peers: list[dict[str, Any]]) -> tuple[str, str]:
+    """The 64 px targets' misses in plain words, from the figures of this run."""
+    ours, raw = summary["histoedge"], summary["raw"]
+    outside = ours["cpu_ms_per_request_c16"] - raw["best_cpu_ms_per_image"]
+    allowed = raw["best_cpu_ms_per_image"] / 0.90 - raw["best_cpu_ms_per_image"]
+    cheapest = min(peers, key=lambda p: p["cpu_ms_per_request_c16"], default=None)
+    peer = ("" if cheapest is None else
+            f" The cheapest peer here, {cheapest['label']}, spends "
+            f"{cheapest['cpu_ms_per_request_c16'] - raw['best_cpu_ms_per_image']:.2f} ms outside the model.")
+    quiet = summary.get("histoedge_no_monitoring")
+    monitoring = ("" if quiet is None else
+                  f" Of that, the monitoring checks are {ours['cpu_ms_per_request_c16'] - quiet['cpu_ms_per_request_c16']:.2f}"
+                  f" ms (the `--no-monitoring` server in the same rounds).")
+    why_c16 = (f"At c=16 a request costs {ours['cpu_ms_per_request_c16']:.2f} CPU ms and the model "
+               f"{raw['best_cpu_ms_per_image']:.2f} ms per image at raw onnxruntime's cheapest batch, so {outside:.2f} ms "
+               f"of each request is spent outside the model, where 0.90 allows {allowed:.2f} ms.{monitoring} The rest "
+               f"is gRPC's Python server (its polling thread and thread pool), the thread hand-offs to and from "
+               f"the batcher, and the request path; bench/results/server_overhead_64.md has the py-spy profile."
+               f"{peer} With a model this small, that cost is {outside / ours['cpu_ms_per_request_c16']:.0%} of a "
+               f"request's CPU.")
+    why_c1 = (f"At c=1 a request costs {ours['cpu_ms_per_request_c1']:.2f} CPU ms against raw onnxruntime's "
+              f"{raw['batch1_cpu_ms_per_image']:.2f} ms at batch 1: the same transport, request path and monitoring "
+              f"as above, with no batch to share them. bench/results/serving.md splits the c=1 overhead into those "
+              f"parts, measured side by side.")
+    return why_c16, why_c1
 
 
 def peers_table(summary: dict[str, Any], keys: Sequence[str]) -> str:

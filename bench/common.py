@@ -105,8 +105,12 @@ def pin_self(cores: str | None) -> None:
 
 # ----------------------------------------------------------------------------- verdicts and files
 
-def check(name: str, value: float | None, op: str, target: float, unit: str = "") -> dict[str, Any]:
-    """Compare ``value`` with ``target`` and print one line ending in OK or MISSED."""
+def check(name: str, value: float | None, op: str, target: float, unit: str = "",
+          why: str | None = None) -> dict[str, Any]:
+    """Compare ``value`` with ``target`` and print one line ending in OK or MISSED.
+
+    ``why``: the reason in plain words, kept (and printed) only when the target is missed.
+    """
     if value is None:
         ok = False
     elif op == ">=":
@@ -122,7 +126,11 @@ def check(name: str, value: float | None, op: str, target: float, unit: str = ""
     shown = "n/a" if value is None else f"{value:.3g}{unit}"
     verdict = "OK" if ok else "MISSED"
     print(f"  {name}: {shown} (target {op} {target:g}{unit}) {verdict}", flush=True)
-    return {"name": name, "value": value, "op": op, "target": target, "unit": unit, "ok": ok}
+    result = {"name": name, "value": value, "op": op, "target": target, "unit": unit, "ok": ok}
+    if why and not ok:
+        print(f"    why: {why}", flush=True)
+        result["why"] = why
+    return result
 
 
 def checks_table(checks: Sequence[dict[str, Any]]) -> str:
@@ -132,6 +140,18 @@ def checks_table(checks: Sequence[dict[str, Any]]) -> str:
         rows.append(f"| {c['name']} | {shown} | {c['op']} {c['target']:g}{c['unit']} | "
                     f"{'OK' if c['ok'] else '**MISSED**'} |")
     return "\n".join(rows)
+
+
+def missed_reasons(checks: Sequence[dict[str, Any]]) -> str:
+    """Markdown bullets giving the reason for each missed target; rows sharing a reason share a bullet."""
+    reasons: dict[str, list[str]] = {}
+    for c in checks:
+        if not c["ok"] and c.get("why"):
+            reasons.setdefault(c["why"], []).append(c["name"])
+    if not reasons:
+        return ""
+    bullets = [f"- {', '.join(f'*{name}*' for name in names)}: {why}" for why, names in reasons.items()]
+    return "\n".join(["Why the missed targets are missed:\n", *bullets])
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

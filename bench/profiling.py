@@ -157,6 +157,30 @@ def grpc_floor_ms(address: str, calls: int = 200) -> float:
     return float(np.median(times) * 1000.0)
 
 
+def grpc_refused_ms(address: str, payload: bytes, calls: int = 200) -> float:
+    """Median round trip of a serialised ``ModelInfer`` the server refuses once parsed (e.g. an
+    unknown model): what carrying and parsing a request of this size costs, without any model work."""
+    import grpc
+
+    from bench.loadgen import GRPC_INFER_METHOD
+
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        call = channel.unary_unary(GRPC_INFER_METHOD)
+        times = []
+        for index in range(calls + 10):
+            start = time.perf_counter()
+            try:
+                call(payload, timeout=30)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            else:
+                raise RuntimeError("the server answered a request it should have refused")
+            if index >= 10:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)
+
+
 def py_spy_record(pid: int, seconds: float) -> subprocess.Popen | None:
     """Start sampling ``pid`` (and its threads) with py-spy; ``None`` if py-spy is not installed."""
     import sys

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Sequence
 
-from bench.common import RESULTS_DIR
+from bench.common import RESULTS_DIR, missed_reasons
 
 SECTIONS = ("serving", "peers", "rest", "monitoring", "quantization", "pipeline", "scaling")
 
@@ -35,7 +35,7 @@ def nest_headings(text: str, top: int = 3) -> str:
 
 def targets_at_a_glance(suffix: str) -> str:
     """One table of every target the benchmarks checked, read from their JSON files."""
-    rows = []
+    rows, every = [], []
     for name in SECTIONS:
         path = RESULTS_DIR / f"{name}{suffix}.json"
         if not path.exists():
@@ -43,13 +43,15 @@ def targets_at_a_glance(suffix: str) -> str:
         data = json.loads(path.read_text())
         for key in ("checks", "cpu_checks"):
             for c in data.get(key, []):
+                every.append(c)
                 shown = "n/a" if c["value"] is None else f"{c['value']:.3g}{c['unit']}"
                 rows.append(f"| {name} | {c['name']} | {shown} | {c['op']} {c['target']:g}{c['unit']} | "
                             f"{'OK' if c['ok'] else '**MISSED**'} |")
     if not rows:
         return ""
+    reasons = missed_reasons(every)
     return "\n".join(["### Targets at a glance\n", "| benchmark | ratio | measured | target | verdict |",
-                      "|---|---|---|---|---|", *rows]) + "\n"
+                      "|---|---|---|---|---|", *rows, *(["", reasons] if reasons else [])]) + "\n"
 
 
 def quantization_rows(suffix: str) -> list[str]:
