@@ -160,9 +160,17 @@ def why_c1(result: dict[str, Any], target_ms: float = 1.0) -> str:
             f"loop, on a core that idled or ran the transport in between. Monitoring's checks run after the "
             f"answer but on the same core, and account for {parts['monitoring_p50_ms']:.2f} ms of the p50 "
             f"({parts['monitoring_cpu_ms']:.2f} ms of CPU); with `--no-monitoring` the p50 overhead is "
-            f"{parts['no_monitoring_p50_ms']:.2f} ms. The transport alone is near the {target_ms:g} ms target, "
-            f"and it is Python gRPC at both ends; going under it would take a compiled transport, not a "
-            f"change to the request path.")
+            f"{parts['no_monitoring_p50_ms']:.2f} ms. " + _verdict(parts, floors, target_ms))
+
+
+def _verdict(parts: dict[str, float], floors: dict[str, float], target_ms: float) -> str:
+    largest = max(("transport", parts["transport_ms"]), ("request path", parts["request_path_ms"]),
+                  ("model", parts["model_ms"]), key=lambda item: item[1])
+    if floors["refused_request_ms"] >= target_ms:
+        return (f"A request refused as soon as it is parsed already takes longer than the {target_ms:g} ms target, so this "
+                f"target is out of reach for a Python gRPC server on this machine.")
+    return (f"Meeting the {target_ms:g} ms target needs {parts['mean_ms'] - target_ms:.2f} ms less; the "
+            f"largest part is the {largest[0]} ({largest[1]:.2f} ms).")
 
 
 def breakdown_table(result: dict[str, Any]) -> str:
