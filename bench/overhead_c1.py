@@ -157,9 +157,9 @@ def why_c1(result: dict[str, Any], target_ms: float = 1.0) -> str:
             f"trip, an empty call {floors['empty_call_ms']:.2f} ms), {parts['request_path_ms']:.2f} ms the "
             f"server's request path (checks, the batcher's two thread hand-offs, outputs), and "
             f"{parts['model_ms']:.2f} ms the same model run taking longer in the server than in raw's tight "
-            f"loop, on a core that idled or ran the transport in between. Monitoring's checks run after the "
-            f"answer but on the same core, and account for {parts['monitoring_p50_ms']:.2f} ms of the p50 "
-            f"({parts['monitoring_cpu_ms']:.2f} ms of CPU); with `--no-monitoring` the p50 overhead is "
+            f"loop, on a core that idled, or ran the transport or the monitoring checks, in between. "
+            f"Monitoring's checks run after the answer but on the same core, and account for "
+            f"{parts['monitoring_p50_ms']:.2f} ms of the p50 ({parts['monitoring_cpu_ms']:.2f} ms of CPU); with `--no-monitoring` the p50 overhead is "
             f"{parts['no_monitoring_p50_ms']:.2f} ms. " + _verdict(parts, floors, target_ms))
 
 
@@ -167,8 +167,8 @@ def _verdict(parts: dict[str, float], floors: dict[str, float], target_ms: float
     largest = max(("transport", parts["transport_ms"]), ("request path", parts["request_path_ms"]),
                   ("model", parts["model_ms"]), key=lambda item: item[1])
     if floors["refused_request_ms"] >= target_ms:
-        return (f"A request refused as soon as it is parsed already takes longer than the {target_ms:g} ms target, so this "
-                f"target is out of reach for a Python gRPC server on this machine.")
+        return (f"A request refused as soon as it is parsed already takes longer than the {target_ms:g} ms "
+                f"target, so this target is out of reach for a Python gRPC server on this machine.")
     return (f"Meeting the {target_ms:g} ms target needs {parts['mean_ms'] - target_ms:.2f} ms less; the "
             f"largest part is the {largest[0]} ({largest[1]:.2f} ms).")
 
