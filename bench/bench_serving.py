@@ -31,8 +31,8 @@ import numpy as np
 from bench import profiling
 from bench.artifacts import encode_png, ensure_repo, ensure_run, onnx_path, synthetic_images
 from bench.common import (CACHE_DIR, check, checks_table, core_split, free_port, machine_info,
-                          md_table, missed_reasons, measured_load, metrics_text, pin_self, pinned, python_exe, quiet_env, serve,
-                          write_results)
+                          md_table, measured_load, metrics_text, missed_reasons, pin_self, pinned, python_exe,
+                          quiet_env, serve, write_results)
 from bench.loadgen import Target, oip_png_request, oip_tensor_request, run_load
 from bench.overhead_c1 import breakdown_table, overhead_c1, why_c1
 
