@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import subprocess
 import sys
 import time
@@ -30,9 +29,9 @@ import numpy as np
 
 from bench import profiling
 from bench.artifacts import encode_png, ensure_repo, ensure_run, onnx_path, synthetic_images
-from bench.common import (CACHE_DIR, check, checks_table, core_split, free_port, machine_info,
-                          md_table, measured_load, metrics_text, missed_reasons, pin_self, pinned, python_exe,
-                          quiet_env, serve, write_results)
+from bench.common import (CACHE_DIR, check, checks_table, core_split, free_port, histogram_mean,
+                          machine_info, md_table, measured_load, metrics_text, missed_reasons, pin_self, pinned,
+                          python_exe, quiet_env, serve, write_results)
 from bench.loadgen import Target, oip_png_request, oip_tensor_request, run_load
 from bench.overhead_c1 import breakdown_table, overhead_c1, why_c1
 
@@ -48,21 +47,7 @@ THREADS = 1
 
 def batch_stats(before: str, after: str) -> float | None:
     """Mean executed batch size between two scrapes of the server's Prometheus text."""
-    def sums(text: str) -> dict[str, float]:
-        values = {}
-        for line in text.splitlines():
-            match = re.match(r"^([a-zA-Z_:]*batch_size[a-zA-Z_:]*_(?:sum|count))(?:\{[^}]*\})?\s+(\S+)$", line)
-            if match:
-                values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
-        return values
-    b, a = sums(before), sums(after)
-    for key in a:
-        if key.endswith("_sum"):
-            count_key = key[:-4] + "_count"
-            count = a.get(count_key, 0.0) - b.get(count_key, 0.0)
-            if count > 0:
-                return (a[key] - b.get(key, 0.0)) / count
-    return None
+    return histogram_mean(before, after, "histoedge_batch_size")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -346,6 +347,24 @@ def _wait_ready(address: str, process: subprocess.Popen, log_path: Path, timeout
                 pass
             time.sleep(0.2)
     raise RuntimeError(f"server at {address} not ready after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
+def histogram_mean(before: str, after: str, metric: str) -> float | None:
+    """Mean of the Prometheus histogram ``metric`` over what it observed between two scrapes,
+    summed over all its label sets; None if it observed nothing."""
+    def sums(text: str) -> tuple[float, float]:
+        total = count = 0.0
+        for line in text.splitlines():
+            match = re.match(rf"^{metric}_(sum|count)(?:\{{[^}}]*\}})?\s+(\S+)$", line)
+            if match:
+                if match.group(1) == "sum":
+                    total += float(match.group(2))
+                else:
+                    count += float(match.group(2))
+        return total, count
+    (total_before, count_before), (total_after, count_after) = sums(before), sums(after)
+    count = count_after - count_before
+    return (total_after - total_before) / count if count > 0 else None
 
 
 def metrics_text(metrics_port: int) -> str:

@@ -28,14 +28,13 @@ Example::
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import profiling
-from bench.common import measured_load, metrics_text, serve
+from bench.common import histogram_mean, measured_load, metrics_text, serve
 from bench.loadgen import Target, oip_tensor_request
 
 THREADS = 1
@@ -45,21 +44,9 @@ _SERVER_HISTOGRAMS = {"request": "histoedge_request_seconds", "inference": "hist
 
 
 def histogram_mean_ms(before: str, after: str, metric: str) -> float | None:
-    """Mean in milliseconds of ``metric`` (a Prometheus histogram in seconds) between two scrapes,
-    summed over all its label sets; None if nothing was observed."""
-    def sums(text: str) -> tuple[float, float]:
-        total = count = 0.0
-        for line in text.splitlines():
-            match = re.match(rf"^{metric}_(sum|count)(?:\{{[^}}]*\}})?\s+(\S+)$", line)
-            if match:
-                if match.group(1) == "sum":
-                    total += float(match.group(2))
-                else:
-                    count += float(match.group(2))
-        return total, count
-    (total_before, count_before), (total_after, count_after) = sums(before), sums(after)
-    count = count_after - count_before
-    return (total_after - total_before) * 1000.0 / count if count > 0 else None
+    """:func:`bench.common.histogram_mean` of a histogram in seconds, in milliseconds."""
+    mean = histogram_mean(before, after, metric)
+    return None if mean is None else mean * 1000.0
 
 
 def _server_round(server: dict[str, Any], payloads, cfg: dict, seconds: float, client_cores) -> dict[str, Any]:
