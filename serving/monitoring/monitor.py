@@ -278,8 +278,7 @@ class Monitoring:
             offset += count
         if not keep:
             return
-        index = keep[0] if len(keep) == 1 else np.concatenate(keep)
-        ratios = ratios[0] if len(ratios) == 1 else np.concatenate(ratios)
+        index, ratios = _joined(keep), _joined(ratios)
         rows = batch if len(index) == len(batch) else batch[index]
         probabilities = np.asarray(outputs[PROBABILITIES])
         probabilities = probabilities if len(index) == len(probabilities) else probabilities[index]
@@ -288,7 +287,7 @@ class Monitoring:
             if len(self._pending) >= self._max_pending:
                 monitor.skip(len(index))
                 return
-            self._pending.append(_Deferred(monitor, model, rows, probabilities, ratios))
+            self._pending.append(_Deferred(monitor, rows, probabilities, ratios))
             self._pending_rows += len(index)
             submit, self._flush_queued = not self._flush_queued, True
             full = self._pending_rows >= BACKGROUND_FILL_ROWS
@@ -310,14 +309,14 @@ class Monitoring:
         for deferred in self._take_pending():
             groups.setdefault(id(deferred.monitor), []).append(deferred)
         for group in groups.values():
-            monitor, model = group[0].monitor, group[0].model
+            monitor = group[0].monitor
             rows = _joined([d.rows for d in group])
             probabilities = _joined([d.probabilities for d in group])
             ratios = _joined([d.ratios for d in group])
             aspect = None if np.isnan(ratios).all() else ratios
             try:
                 assessment = quality.assess(rows, monitor.profile, aspect)
-                predicted = model.predicted_classes(probabilities)
+                predicted = monitor.model.predicted_classes(probabilities)
                 in_band = quality.uncertain(probabilities, monitor.band, monitor.positive_class)
                 monitor.observe(assessment, probabilities, predicted, in_band, [None] * len(predicted))
             except Exception:  # noqa: BLE001 - one version's failure must not lose the others' images
@@ -380,10 +379,9 @@ def _joined(arrays: list[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class _Deferred:
-    """One batch's deferred rows, waiting for the background assessment."""
+    """One batch's deferred rows, waiting for the background assessment (``monitor.model`` ran them)."""
 
     monitor: "VersionMonitor"
-    model: object
     rows: np.ndarray
     probabilities: np.ndarray
     ratios: np.ndarray  # aspect ratio of each row's source image; NaN where unknown
