@@ -34,15 +34,15 @@ PRESETS: dict[str, dict] = {
     # Tissue has no orientation and staining varies between labs: strong geometry and stain jitter.
     "histology": dict(rotation=20.0, horizontal_flip=True, vertical_flip=True, zoom=0.2, shear=0.2,
                       width_shift=0.1, height_shift=0.1, brightness=0.1, contrast=0.1, stain=0.15,
-                      fill_mode="reflect"),
+                      stain_vectors=0.2, fill_mode="reflect"),
     # Anything else (grayscale, IHC, fluorescence, photographs): no stain jitter, no flips (a
     # mirrored digit or scene is another image), mild rotation, zoom and shifts.
     "generic": dict(rotation=10.0, horizontal_flip=False, vertical_flip=False, zoom=0.1, shear=0.0,
                     width_shift=0.1, height_shift=0.1, brightness=0.1, contrast=0.1, stain=0.0,
-                    fill_mode="nearest"),
+                    stain_vectors=0.0, fill_mode="nearest"),
     "none": dict(rotation=0.0, horizontal_flip=False, vertical_flip=False, zoom=0.0, shear=0.0,
                  width_shift=0.0, height_shift=0.0, brightness=0.0, contrast=0.0, stain=0.0,
-                 fill_mode="reflect"),
+                 stain_vectors=0.0, fill_mode="reflect"),
 }
 PRESET_NAMES = ("auto", *PRESETS)
 # Preset used for "auto" when there are no images to look at (e.g. a bare AugmentConfig()).
@@ -73,6 +73,12 @@ class AugmentConfig:
             training patients a weaker jitter lets the CNN learn a patient's stain instead of its
             nuclei (test ROC-AUC of single members on the synthetic set rose from 0.77-0.88 to
             0.91-0.92 going from 0.05 to 0.15).
+        stain_vectors: tilt of the stain colours: each H, E and DAB optical-density unit vector gets
+            U(-v, v) added per RGB component and is renormalised before the image is recomposed, so
+            a stain keeps its amount and changes its hue, as another lab's haematoxylin or eosin
+            does.  Published H&E vectors differ by about 0.1 per component (Ruifrok's haematoxylin
+            0.65/0.70/0.29 against Macenko's reference 0.56/0.72/0.41); 0.2 covers that with
+            margin.  Intensity jitter alone (``stain``) never changes a stain's hue.
         fill_mode: how pixels outside the image are filled: reflect, nearest or constant (0).
 
     Example::
@@ -92,6 +98,7 @@ class AugmentConfig:
     brightness: float | None = None
     contrast: float | None = None
     stain: float | None = None
+    stain_vectors: float | None = None
     fill_mode: str | None = None
 
     def __post_init__(self):
@@ -111,7 +118,7 @@ class AugmentConfig:
                                     f"got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise DataError(f"augmentation.{f.name} must be a number >= 0, got {value!r}")
-        for name in ("zoom", "contrast", "stain"):
+        for name in ("zoom", "contrast", "stain", "stain_vectors"):
             if (getattr(self, name) or 0) >= 1:
                 raise DataError(f"augmentation.{name} must be in [0, 1), got {getattr(self, name)!r}")
 
@@ -260,11 +267,12 @@ def stain_weight(od):
     return stained * not_dark
 
 
-def stain_jitter(images, strength: float, seed):
-    """Perturb haematoxylin, eosin and DAB densities per image (Tellez et al. 2018), safely.
+def stain_jitter(images, strength: float, seed, vectors: float = 0.0):
+    """Perturb haematoxylin, eosin and DAB densities and hues per image (Tellez et al. 2018), safely.
 
     RGB (0..255) -> optical density -> HED (Ruifrok-Johnston); each stain channel becomes
-    ``alpha * c + beta``, alpha ~ U(1 - s, 1 + s), beta ~ U(-s, s); then back to RGB.  The three
+    ``alpha * c + beta``, alpha ~ U(1 - s, 1 + s), beta ~ U(-s, s); then back to RGB through stain
+    vectors tilted by up to ``vectors`` per component (renormalised; 0 keeps them).  The three
     steps are linear in optical density, so they are folded into one 3x3 matrix and an offset per
     image.  Numerically safe for any input in 0..255: optical densities are clipped to the range
     stained tissue occupies (0..``OD_DARK[1]``) before and after the jitter, and each pixel's
@@ -275,13 +283,16 @@ def stain_jitter(images, strength: float, seed):
 
     images = tf.clip_by_value(images, 0.0, 255.0)
     batch = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     alpha = _uniform([batch, 3], seeds[0], 1.0 - strength, 1.0 + strength)
     beta = _uniform([batch, 3], seeds[1], -strength, strength)
     to_hed = tf.constant(HED_FROM_RGB, tf.float32)
-    to_rgb = tf.constant(RGB_FROM_HED, tf.float32)
-    matrix = tf.einsum("cd,bd,de->bce", to_hed, alpha, to_rgb)  # [B, 3, 3]
-    offset = tf.matmul(beta, to_rgb)[:, None, None, :]  # [B, 1, 1, 3]
+    to_rgb = tf.tile(tf.constant(RGB_FROM_HED, tf.float32)[None], [batch, 1, 1])
+    if vectors:
+        to_rgb = tf.abs(to_rgb + _uniform([batch, 3, 3], seeds[2], -vectors, vectors))
+        to_rgb /= tf.norm(to_rgb, axis=-1, keepdims=True)
+    matrix = tf.einsum("cd,bd,bde->bce", to_hed, alpha, to_rgb)  # [B, 3, 3]
+    offset = tf.einsum("bd,bde->be", beta, to_rgb)[:, None, None, :]  # [B, 1, 1, 3]
     od = -tf.math.log((images + 1.0) / 256.0)
     weight = stain_weight(od)
     od = tf.clip_by_value(od, 0.0, OD_DARK[1])
@@ -300,8 +311,8 @@ def _augment(images, seed, config: AugmentConfig):
     if config.geometric:
         transforms = affine_transforms(batch, height, width, config, seeds[0])
         images = apply_affine(images, transforms, config.fill_mode)
-    if config.stain:
-        images = stain_jitter(images, config.stain, seeds[1])
+    if config.stain or config.stain_vectors:
+        images = stain_jitter(images, config.stain, seeds[1], config.stain_vectors)
     if config.brightness:
         delta = _uniform([batch, 1, 1, 1], seeds[2], -config.brightness, config.brightness)
         images = images + 255.0 * delta

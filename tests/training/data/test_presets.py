@@ -32,21 +32,24 @@ def _he_like(n=6, size=16, seed=0):
     return np.clip(256 * np.exp(-od) - 1, 0, 255).astype(np.float32)
 
 
-@pytest.mark.parametrize("strength", [0.15, 0.9])
-def test_stain_jitter_leaves_black_white_and_saturated_pixels_alone(strength):
+JITTERS = [(0.15, 0.0), (0.9, 0.0), (0.15, 0.2), (0.0, 0.6), (0.9, 0.9)]  # (strength, vectors)
+
+
+@pytest.mark.parametrize("strength, vectors", JITTERS)
+def test_stain_jitter_leaves_black_white_and_saturated_pixels_alone(strength, vectors):
     extremes = _batch((0, 0, 0), (255, 255, 255), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0),
                       (0, 255, 255), (5, 3, 8), (250, 252, 251))
-    out = stain_jitter(tf.constant(extremes), strength, SEED).numpy()
+    out = stain_jitter(tf.constant(extremes), strength, SEED, vectors).numpy()
     assert np.isfinite(out).all()
     np.testing.assert_array_equal(out, extremes)
 
 
-@pytest.mark.parametrize("strength", [0.15, 0.9])
-def test_stain_jitter_keeps_tissue_and_grayscale_plausible(strength):
+@pytest.mark.parametrize("strength, vectors", JITTERS)
+def test_stain_jitter_keeps_tissue_and_grayscale_plausible(strength, vectors):
     tissue = _he_like()
     gray = _batch(*[(v, v, v) for v in (30, 80, 128, 200)], size=16)
     for images in (tissue, gray):
-        out = stain_jitter(tf.constant(images), strength, SEED).numpy()
+        out = stain_jitter(tf.constant(images), strength, SEED, vectors).numpy()
         assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 255
         # A jittered pixel stays inside the optical densities stained tissue can have...
         changed = np.abs(out - images).max(-1) > 0.5
@@ -54,9 +57,34 @@ def test_stain_jitter_keeps_tissue_and_grayscale_plausible(strength):
         # ...and its change is bounded by the strength (optical density moves by at most ~2 * strength
         # times the density plus the offset), so nothing turns into a wild colour.
         od_in, od_out = (-np.log((x + 1) / 256) for x in (images, out))
-        assert np.abs(od_out - od_in).max() <= 2.5 * strength * max(1.0, od_in.max()) + 1e-3
-    moved = stain_jitter(tf.constant(tissue), strength, SEED).numpy()
+        # (a stain vector tilted by up to ``vectors`` per component moves it by less than 2 * vectors)
+        bound = 2.5 * (strength + vectors) * max(1.0, od_in.max())
+        assert np.abs(od_out - od_in).max() <= bound + 1e-3
+    moved = stain_jitter(tf.constant(tissue), strength, SEED, vectors).numpy()
     assert np.abs(moved - tissue).mean() > 1.0  # it still jitters tissue
+
+
+def test_stain_vector_jitter_changes_the_hue_of_a_stain_not_its_amount():
+    """With only the vectors jittered, a pure-haematoxylin pixel keeps its optical density's length.
+
+    Its direction (the stain's hue) turns, by a bounded angle, differently in each image: another
+    lab's haematoxylin of the same concentration.
+    """
+    from histoedge.training.data.augment import RGB_FROM_HED
+
+    amounts = np.linspace(0.3, 1.5, 16, dtype=np.float32)
+    od = amounts[None, :, None, None] * RGB_FROM_HED[0][None, None, None, :].astype(np.float32)
+    images = np.repeat(np.clip(256 * np.exp(-od) - 1, 0, 255), 8, axis=0)  # [8, 16, 1, 3]
+    images = np.repeat(images, 16, axis=2)
+    out = stain_jitter(tf.constant(images), 0.0, SEED, 0.2).numpy()
+    od_in, od_out = (-np.log((x + 1) / 256) for x in (images, out))
+    np.testing.assert_allclose(np.linalg.norm(od_out, axis=-1), np.linalg.norm(od_in, axis=-1), rtol=0.02)
+    cosine = (od_in * od_out).sum(-1) / np.linalg.norm(od_in, axis=-1) / np.linalg.norm(od_out, axis=-1)
+    angles = np.degrees(np.arccos(np.clip(cosine[:, 8, 8], -1, 1)))  # one pixel of each image
+    assert angles.max() < 35 and angles.max() > 3  # turned, within what 0.2 per component allows
+    assert len(np.unique(np.round(angles, 2))) == len(angles)  # a different stain for each image
+    # within an image every pixel of the stain turns the same way (one lab, one haematoxylin)
+    assert np.ptp(cosine[0, 2:]) < 0.01
 
 
 def test_whole_augmentation_chain_is_finite_on_extreme_inputs():
@@ -71,7 +99,9 @@ def test_whole_augmentation_chain_is_finite_on_extreme_inputs():
 def test_presets_and_explicit_keys_override_them():
     assert AugmentConfig.preset_config("histology") == AugmentConfig(preset="histology", **PRESETS["histology"])
     generic = AugmentConfig.preset_config("generic")
-    assert generic.stain == 0 and not generic.horizontal_flip and not generic.vertical_flip
+    assert generic.stain == 0 and generic.stain_vectors == 0
+    assert not generic.horizontal_flip and not generic.vertical_flip
+    assert 0 < AugmentConfig.preset_config("histology").stain_vectors < 0.5
     assert 0 < generic.rotation <= 15 and generic.zoom > 0 and generic.width_shift > 0
     none = AugmentConfig.none()
     assert none.preset == "none" and not none.geometric and none.stain == 0 and none.brightness == 0
@@ -86,6 +116,10 @@ def test_presets_and_explicit_keys_override_them():
         load_config(overrides=["augmentation.preset=tissue"])
     with pytest.raises(DataError, match="true or false"):
         AugmentConfig(horizontal_flip=1)
+    with pytest.raises(DataError, match=r"augmentation.stain_vectors must be in \[0, 1\)"):
+        load_config(overrides=["augmentation.stain_vectors=1.5"])
+    tilted = AugmentConfig(stain_vectors=0.1)
+    assert AugmentConfig.from_config(tilted.get_config()) == tilted
 
 
 def _write(folder, images):
