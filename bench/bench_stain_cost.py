@@ -73,7 +73,7 @@ def main() -> int:
     rows, checks, results = [], [], {"model": str(args.model), "precision": manifest.precision,
                                       "image_size": size, "inference_ms_per_tile": infer_ms,
                                       "inference_224_ms_per_tile_estimated": infer_224_ms, "methods": {}}
-    for method in ("macenko", "reinhard"):
+    for method in ("density", "macenko", "reinhard"):
         reference = fit_reference(method, batch)
         at_size = per_call_ms(lambda: [reference.normalise(t) for t in batch], args.repeats) / len(batch)
         at_224 = per_call_ms(lambda: [reference.normalise(t) for t in big], args.repeats) / len(big)

@@ -1,4 +1,4 @@
-"""Stain normalisation (Macenko, Reinhard): the one implementation training and serving share.
+"""Stain normalisation (density, Macenko, Reinhard): the one implementation training and serving share.
 
 H&E colour differs between laboratories, stain batches and scanners.  A *reference* is fitted
 once on training images (or on a reference image the user names); every image, in training
@@ -11,6 +11,10 @@ images and the server imports it to normalise requests.  It uses numpy only (no 
 no OpenCV), so both sides run exactly the same arithmetic and produce the same pixels.
 
 Methods:
+    ``density``: each tile's optical densities are scaled by one factor so that the mean total
+        density of its tissue matches the reference's.  A paler or darker stain run becomes the
+        reference's strength; hues and every ratio inside the tile (nuclei against stroma) are
+        kept.  The cheapest method (a table lookup, a mean and an exponential per pixel).
     ``macenko``: Macenko et al. (2009). Per tile, the two stain vectors are the extreme angles
         (1st/99th percentile) of the tissue optical densities in the plane of their two main
         eigenvectors; concentrations are scaled so their 99th percentiles match the
@@ -20,7 +24,7 @@ Methods:
 
 Tiles the estimate cannot be trusted on are returned unchanged and counted (the reason is
 returned too): too little tissue (mostly background, near-white), no colour (grayscale,
-near-black), a single stain (almost no haematoxylin or eosin).  Never NaN, never an exception
+near-black), a single stain (almost no haematoxylin or eosin; Macenko), a flat wash (density).  Never NaN, never an exception
 for a well-formed uint8 RGB tile.
 
 Example::
@@ -40,7 +44,7 @@ import numpy as np
 
 from histoedge.export.manifest import STAIN_KEY
 
-METHODS = ("none", "macenko", "reinhard")
+METHODS = ("none", "density", "macenko", "reinhard")
 STAIN_FILE = "stain.json"                   # the fitted reference in a training run directory
 FORMAT_VERSION = 1
 
@@ -54,6 +58,10 @@ MIN_CONCENTRATION = 0.05  # 99th-percentile concentration (OD units) below this:
 ANGLE_PERCENTILE = 1.0
 CONCENTRATION_PERCENTILE = 99.0
 MIN_LAB_STD = 0.5
+# A tile is made at most this many times darker or paler: stain runs differ by tens of percent,
+# a larger factor means a tile unlike the training images (or mostly pale mucin, fat, blur).
+MAX_DENSITY_SCALE = 2.0
+MIN_DENSITY_VARIATION = 0.05   # tissue density's std / mean; real tissue has 0.3 or more
 FIT_PIXELS = 2_000_000    # pixels pooled from many images when fitting a reference
 ESTIMATE_PIXELS = 8192    # per tile, statistics are estimated on at most this many evenly strided pixels
 
@@ -172,10 +180,11 @@ def _concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class StainReference:
-    """A fitted normalisation target; ``method`` "macenko" or "reinhard".
+    """A fitted normalisation target; ``method`` "density", "macenko" or "reinhard".
 
     Args:
-        method: "macenko" or "reinhard".
+        method: "density", "macenko" or "reinhard".
+        mean_density: density: mean total optical density (summed over R, G, B) of reference tissue.
         stain_matrix: Macenko: rows haematoxylin and eosin, unit OD vectors (2 x 3).
         max_concentrations: Macenko: 99th-percentile H and E concentrations of the reference.
         lab_mean, lab_std: Reinhard: L*a*b* mean and standard deviation of reference tissue.
@@ -186,9 +195,14 @@ class StainReference:
     max_concentrations: tuple[float, float] | None = None
     lab_mean: tuple[float, float, float] | None = None
     lab_std: tuple[float, float, float] | None = None
+    mean_density: float | None = None
 
     def __post_init__(self):
-        if self.method == "macenko":
+        if self.method == "density":
+            if not isinstance(self.mean_density, (int, float)) or not 0 < self.mean_density < 3 * OD_MAX:
+                raise StainError(f"a density reference needs a mean_density in (0, {3 * OD_MAX}), "
+                                 f"got {self.mean_density!r}")
+        elif self.method == "macenko":
             matrix = np.asarray(self.stain_matrix, dtype=np.float64)
             maxima = np.asarray(self.max_concentrations, dtype=np.float64)
             if matrix.shape != (2, 3) or maxima.shape != (2,) or not (np.isfinite(matrix).all()
@@ -204,7 +218,8 @@ class StainReference:
             if np.any(std <= 0):
                 raise StainError("a Reinhard reference needs positive lab_std")
         else:
-            raise StainError(f"stain normalisation method must be macenko or reinhard, got {self.method!r}")
+            raise StainError(f"stain normalisation method must be one of {', '.join(METHODS[1:])}, "
+                             f"got {self.method!r}")
 
     # --- applying ---------------------------------------------------------------------------
 
@@ -223,7 +238,9 @@ class StainReference:
         tissue, reason = _tissue(od)
         if tissue is None:
             return image, reason
-        if self.method == "macenko":
+        if self.method == "density":
+            out, reason = self._density(flat, tissue)
+        elif self.method == "macenko":
             out, reason = self._macenko(od, tissue)
         else:
             out, reason = self._reinhard(flat, od)
@@ -239,6 +256,14 @@ class StainReference:
             out[i], reason = self.normalise(image)
             fallbacks += reason is not None
         return out, fallbacks
+
+    def _density(self, flat, tissue):
+        density = tissue.sum(axis=1)
+        if float(density.std()) < MIN_DENSITY_VARIATION * float(density.mean()):
+            return None, "flat"   # a uniform wash (mucin, a smear) says nothing of the stain run
+        scale = min(max(self.mean_density / float(density.mean()), 1 / MAX_DENSITY_SCALE), MAX_DENSITY_SCALE)
+        # one factor for the whole tile, so 256 values cover every pixel: rgb_from_od(od * scale)
+        return rgb_from_od(_OD_TABLE * scale)[flat], None
 
     def _macenko(self, od, tissue):
         stains, reason = _stain_matrix(tissue)
@@ -264,7 +289,9 @@ class StainReference:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, stored in ``manifest.json`` and the run's ``stain.json``."""
         data: dict[str, Any] = {"method": self.method, "format": FORMAT_VERSION}
-        if self.method == "macenko":
+        if self.method == "density":
+            data["mean_density"] = float(self.mean_density)
+        elif self.method == "macenko":
             data["stain_matrix"] = [list(map(float, row)) for row in self.stain_matrix]
             data["max_concentrations"] = list(map(float, self.max_concentrations))
         else:
@@ -280,6 +307,8 @@ class StainReference:
             raise StainError(f"stain reference format {data.get('format')!r} is not {FORMAT_VERSION}")
         method = data.get("method")
         try:
+            if method == "density":
+                return cls(method, mean_density=float(data["mean_density"]))
             if method == "macenko":
                 return cls(method, stain_matrix=tuple(tuple(float(v) for v in row) for row in data["stain_matrix"]),
                            max_concentrations=tuple(float(v) for v in data["max_concentrations"]))
@@ -323,7 +352,7 @@ def fit_reference(method: str, images: np.ndarray) -> StainReference:
         StainError: unknown method, or the images hold too little coloured tissue.
     """
     if method not in METHODS[1:]:
-        raise StainError(f"stain normalisation method must be macenko or reinhard, got {method!r}")
+        raise StainError(f"stain normalisation method must be one of {', '.join(METHODS[1:])}, got {method!r}")
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[-1] != 3 or images.ndim not in (3, 4):
         raise StainError(f"expected uint8 RGB images [N, H, W, 3], got {images.dtype} {images.shape}")
@@ -334,6 +363,8 @@ def fit_reference(method: str, images: np.ndarray) -> StainReference:
     if tissue is None:
         raise StainError(f"cannot fit a {method} reference: the images hold {reason} "
                          "(too little stained tissue); name another reference image")
+    if method == "density":
+        return StainReference("density", mean_density=float(tissue.sum(axis=1).mean()))
     if method == "reinhard":
         lab = rgb_to_lab(flat[_tissue_mask(od)])
         return StainReference("reinhard", lab_mean=tuple(lab.mean(axis=0).tolist()),

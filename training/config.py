@@ -76,19 +76,19 @@ class PreprocessConfig(Section):
     """Preprocessing applied to every image before the model, in training and in the server.
 
     Args:
-        stain_normalisation: "none", "macenko" or "reinhard" (see ``export/stain.py``); the
+        stain_normalisation: "none", "density", "macenko" or "reinhard" (see ``export/stain.py``); the
             reference is fitted on the training split and travels in the model package.
         reference_image: fit the reference on this image instead of the training split.
     """
 
     SECTION: ClassVar[str] = "preprocess"
-    stain_normalisation: str = setting("none", choices=("none", "macenko", "reinhard"))
+    stain_normalisation: str = setting("none", choices=("none", "density", "macenko", "reinhard"))
     reference_image: str | None = None
 
     def check(self):
         if self.reference_image is not None:
             self.require(self.stain_normalisation != "none",
-                         "preprocess.reference_image needs preprocess.stain_normalisation macenko or reinhard")
+                         "preprocess.reference_image needs preprocess.stain_normalisation density, macenko or reinhard")
             self.require(Path(self.reference_image).is_file(),
                          f"preprocess.reference_image {self.reference_image!r} is not a file")
 

@@ -11,7 +11,7 @@ from histoedge.export.manifest import STAIN_KEY, Manifest, build_manifest
 from histoedge.export.stain import StainError, StainReference, fit_reference, from_preprocessing
 from tests.support.he_tiles import extreme_tiles, he_tiles
 
-METHODS = ("macenko", "reinhard")
+METHODS = ("density", "macenko", "reinhard")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_a_tile_against_its_own_reference_is_nearly_unchanged(tiles, method):
     assert diff.mean() < 3.0 and np.percentile(diff, 95) <= 8
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ("macenko", "reinhard"))  # density keeps hues by design
 def test_another_labs_stain_moves_towards_the_reference(tiles, method):
     normal, shifted = tiles
     reference = fit_reference(method, normal)
@@ -38,12 +38,38 @@ def test_another_labs_stain_moves_towards_the_reference(tiles, method):
     assert np.abs(normalised.astype(int) - reference.normalise_batch(normal)[0]).mean() < 0.75 * before
 
 
+@pytest.mark.parametrize("factor", (0.6, 0.75, 1.4))
+def test_density_brings_a_paler_or_darker_stain_run_back_and_keeps_hues(tiles, factor):
+    """The same tissue stained weaker or stronger comes back to the reference's strength."""
+    from histoedge.export.stain import MAX_DENSITY_SCALE, optical_density, rgb_from_od
+
+    normal = tiles[0]
+    reference = fit_reference("density", normal)
+    scaled = np.stack([rgb_from_od(optical_density(t) * factor) for t in normal])
+    own, _ = reference.normalise_batch(normal)
+    out, fallbacks = reference.normalise_batch(scaled)
+    assert fallbacks == 0
+    before = np.abs(scaled.astype(int) - own).mean()
+    assert np.abs(out.astype(int) - own).mean() < 0.25 * before
+    # one factor per tile: the ratio of a pixel's densities (its hue) is kept
+    od_in, od_out = optical_density(scaled[0]), optical_density(out[0])
+    dark = od_in.sum(-1) > 1.0
+    ratio_in = od_in[dark] / od_in[dark].sum(-1, keepdims=True)
+    ratio_out = od_out[dark] / od_out[dark].sum(-1, keepdims=True)
+    assert np.abs(ratio_in - ratio_out).max() < 0.03
+    # never more than MAX_DENSITY_SCALE either way, however pale the tile
+    faint = rgb_from_od(optical_density(normal[0]) * 0.2)
+    faint_out, _ = reference.normalise(faint)
+    gain = optical_density(faint_out).sum() / optical_density(faint).sum()
+    assert gain <= MAX_DENSITY_SCALE + 0.05
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_extreme_tiles_are_left_as_they_are_and_reported(tiles, method):
     reference = fit_reference(method, tiles[0])
     for name, tile in extreme_tiles(tiles[0][0]).items():
         out, reason = reference.normalise(tile)
-        if name == "eosin only" and method == "reinhard":  # colour statistics need no haematoxylin
+        if name == "eosin only" and method != "macenko":  # only Macenko needs two stains
             assert reason is None and out.dtype == np.uint8
             continue
         assert reason is not None, name
@@ -56,7 +82,7 @@ def test_extreme_tiles_are_left_as_they_are_and_reported(tiles, method):
 def test_fitting_on_tiles_without_tissue_is_a_clear_error(tiles):
     with pytest.raises(StainError, match="background"):
         fit_reference("macenko", np.full((2, 16, 16, 3), 250, np.uint8))
-    with pytest.raises(StainError, match="macenko or reinhard"):
+    with pytest.raises(StainError, match="density, macenko, reinhard"):
         fit_reference("vahadane", tiles[0])
 
 
@@ -78,6 +104,7 @@ def test_the_reference_round_trips_through_the_manifest(tiles, method):
                                  {"method": "reinhard", "lab_mean": [50, "x", 0], "lab_std": [1, 1, 1]},
                                  {"method": "macenko", "stain_matrix": [[float("nan")] * 3] * 2,
                                   "max_concentrations": [1, 1]},
+                                 {"method": "density", "mean_density": -1.0}, {"method": "density"},
                                  {"method": "other"}, ["macenko"]])
 def test_a_malformed_stored_reference_is_refused(bad):
     with pytest.raises(StainError):

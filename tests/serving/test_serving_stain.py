@@ -27,7 +27,7 @@ def _load(version_dir, tmp_path):
     return ModelVersion.load(version_dir, ServerSettings(repo=tmp_path, threads=1), metrics), metrics
 
 
-@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+@pytest.mark.parametrize("method", ["density", "macenko", "reinhard"])
 def test_requests_are_normalised_on_both_input_paths(tmp_path, method):
     normal, shifted = he_tiles(4, size=SIZE, seed=3), he_tiles(4, size=SIZE, seed=3, stain_shift=1.0)
     stain = fit_reference(method, normal)

@@ -21,11 +21,12 @@ from tests.support.model_packages import write_model_version
 SIZE = 32
 
 
-def test_training_and_serving_produce_the_same_pixels(tmp_path):
+@pytest.mark.parametrize("method", ["density", "macenko"])
+def test_training_and_serving_produce_the_same_pixels(tmp_path, method):
     images = np.concatenate([he_tiles(5, size=SIZE, seed=1), he_tiles(3, size=SIZE, seed=2, stain_shift=1.0),
                              np.stack(list(extreme_tiles(he_tiles(1, size=SIZE)[0]).values())[:3])])
     dataset = types.SimpleNamespace(images=images.copy())
-    config = load_config(None, ["preprocess.stain_normalisation=macenko"], image_size=SIZE)
+    config = load_config(None, [f"preprocess.stain_normalisation={method}"], image_size=SIZE)
     reference = normalise_dataset(config, dataset, np.arange(5), tmp_path / "run")
     assert load_run_reference(tmp_path / "run") == reference
     assert not np.array_equal(dataset.images[:8], images[:8])
