@@ -14,7 +14,7 @@ Methods:
     ``density``: each tile's optical densities are scaled by one factor so that the mean total
         density of its tissue matches the reference's.  A paler or darker stain run becomes the
         reference's strength; hues and every ratio inside the tile (nuclei against stroma) are
-        kept.  The cheapest method (a table lookup, a mean and an exponential per pixel).
+        kept.  The cheapest method: after the tissue mean, one 256-entry table per tile.
     ``macenko``: Macenko et al. (2009). Per tile, the two stain vectors are the extreme angles
         (1st/99th percentile) of the tissue optical densities in the plane of their two main
         eigenvectors; concentrations are scaled so their 99th percentiles match the
@@ -24,8 +24,8 @@ Methods:
 
 Tiles the estimate cannot be trusted on are returned unchanged and counted (the reason is
 returned too): too little tissue (mostly background, near-white), no colour (grayscale,
-near-black), a single stain (almost no haematoxylin or eosin; Macenko), a flat wash (density).  Never NaN, never an exception
-for a well-formed uint8 RGB tile.
+near-black), a single stain (almost no haematoxylin or eosin; Macenko), a flat wash (density).
+Never NaN, never an exception for a well-formed uint8 RGB tile.
 
 Example::
 
