@@ -78,7 +78,8 @@ class AugmentConfig:
             a stain keeps its amount and changes its hue, as another lab's haematoxylin or eosin
             does.  Published H&E vectors differ by about 0.1 per component (Ruifrok's haematoxylin
             0.65/0.70/0.29 against Macenko's reference 0.56/0.72/0.41); 0.2 covers that with
-            margin.  Intensity jitter alone (``stain``) never changes a stain's hue.
+            margin.  Intensity jitter alone (``stain``) never changes a stain's hue.  Part of the
+            stain jitter: ``stain: 0`` switches both off.
         fill_mode: how pixels outside the image are filled: reflect, nearest or constant (0).
 
     Example::
@@ -311,7 +312,7 @@ def _augment(images, seed, config: AugmentConfig):
     if config.geometric:
         transforms = affine_transforms(batch, height, width, config, seeds[0])
         images = apply_affine(images, transforms, config.fill_mode)
-    if config.stain or config.stain_vectors:
+    if config.stain:  # the switch of the whole stain jitter, hue included (stain: 0 turns it off)
         images = stain_jitter(images, config.stain, seeds[1], config.stain_vectors)
     if config.brightness:
         delta = _uniform([batch, 1, 1, 1], seeds[2], -config.brightness, config.brightness)

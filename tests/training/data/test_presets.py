@@ -122,6 +122,15 @@ def test_presets_and_explicit_keys_override_them():
     assert AugmentConfig.from_config(tilted.get_config()) == tilted
 
 
+def test_stain_zero_switches_the_whole_stain_jitter_off_hue_included():
+    tissue = tf.constant(_he_like())
+    seed = tf.constant([1, 2], tf.int64)
+    off = AugmentConfig(preset="none", stain=0.0, stain_vectors=0.5)
+    np.testing.assert_array_equal(_augment(tissue, seed, off).numpy(), tissue.numpy())
+    hue_only = AugmentConfig(preset="none", stain=1e-6, stain_vectors=0.5)
+    assert np.abs(_augment(tissue, seed, hue_only).numpy() - tissue.numpy()).mean() > 1.0
+
+
 def _write(folder, images):
     for c, group in enumerate(images):
         (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
