@@ -139,6 +139,18 @@ def png_decode_ms(encoded: Sequence[bytes], size: int, repeats: int = 20) -> flo
     return float(np.median(times) * 1000.0)
 
 
+def _median_call_ms(call, calls: int, warmup: int = 10) -> float:
+    """Median wall time of ``call()`` in ms, over ``calls`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)
+
+
 def grpc_floor_ms(address: str, calls: int = 200) -> float:
     """Median round trip of the cheapest RPC (ServerReady): the transport's share of any call."""
     import grpc
@@ -147,14 +159,7 @@ def grpc_floor_ms(address: str, calls: int = 200) -> float:
     with grpc.insecure_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = service_pb2.ServerReadyRequest()
-        for _ in range(10):
-            stub.ServerReady(request)
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            stub.ServerReady(request)
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000.0)
+        return _median_call_ms(lambda: stub.ServerReady(request), calls)
 
 
 def grpc_refused_ms(address: str, payload: bytes, calls: int = 200) -> float:
@@ -165,20 +170,18 @@ def grpc_refused_ms(address: str, payload: bytes, calls: int = 200) -> float:
     from bench.loadgen import GRPC_INFER_METHOD
 
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        call = channel.unary_unary(GRPC_INFER_METHOD)
-        times = []
-        for index in range(calls + 10):
-            start = time.perf_counter()
+        method = channel.unary_unary(GRPC_INFER_METHOD)
+
+        def refused() -> None:
             try:
-                call(payload, timeout=30)
+                method(payload, timeout=30)
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
             else:
                 raise RuntimeError("the server answered a request it should have refused")
-            if index >= 10:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000.0)
+
+        return _median_call_ms(refused, calls)
 
 
 def py_spy_record(pid: int, seconds: float) -> subprocess.Popen | None:
