@@ -278,6 +278,9 @@ class EnsembleConfig(Section):
             validation split, so a hard patient is more likely to be among them), "validation", or
             "auto" (out_of_fold when cv_folds is set, else validation). Members and the
             validation-fitted ensemble always use validation.
+        stacking_weights: "non_negative" (no member's probabilities counted against the class they
+            name: a member that would be is dropped from the meta-learner and the rest refitted) or
+            "free" (unconstrained logistic regression, the earlier behaviour).
     """
 
     SECTION: ClassVar[str] = "ensemble"
@@ -289,6 +292,7 @@ class EnsembleConfig(Section):
     threshold_confidence: float = setting(0.9, low=0.5, high=1, high_open=True)
     cv_folds: int = setting(0, low=0, high=20)
     threshold_on: str = setting("auto", choices=THRESHOLD_DATA)
+    stacking_weights: str = setting("non_negative", choices=("non_negative", "free"))
 
     def check(self):
         self.require(len(self.members) >= 1, f"ensemble.members must list at least one recipe, got {self.members!r}")

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # Config keys that only change how finished members are combined or scored; a resumed run may change them.
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
                    ("ensemble", "members"), ("ensemble", "threshold_rule"), ("ensemble", "threshold_confidence"),
-                   ("ensemble", "cv_folds"), ("ensemble", "threshold_on"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
+                   ("ensemble", "cv_folds"), ("ensemble", "threshold_on"), ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
                    ("recipe",)}
 THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
 # Sections that only concern the distilled student: a finished run may gain (or retrain) one.
@@ -323,7 +323,8 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
     val_list, test_list = [member_probs[n][0] for n in names], [member_probs[n][1] for n in names]
     combiners = {"ensemble": fit_ensemble(method, members=names, val_probs=val_list, val_labels=val_y,
                                           classes=classes, image_size=config.data.image_size, target_sensitivity=target,
-                                          fit_weights=config.ensemble.fit_vote_weights)}
+                                          fit_weights=config.ensemble.fit_vote_weights,
+                                          stacking_weights=config.ensemble.stacking_weights)}
     folds = config.ensemble.cv_folds if method != "single" else 0
     out_of_fold = None
     if folds:
@@ -391,7 +392,8 @@ def _cross_fitted(names, method, config, dataset, splits, run_dir: Path, *, verb
     combiner = fit_ensemble(method, members=names, val_probs=[oof[n] for n in names],
                             val_labels=dataset.labels[pool], classes=list(dataset.classes),
                             image_size=config.data.image_size, target_sensitivity=config.ensemble.target_sensitivity,
-                            fit_weights=config.ensemble.fit_vote_weights)
+                            fit_weights=config.ensemble.fit_vote_weights,
+                            stacking_weights=config.ensemble.stacking_weights)
     return combiner, (pool, oof)
 
 

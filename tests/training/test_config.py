@@ -110,6 +110,7 @@ def test_bad_values_fail_at_load_time(override, message):
     ("optimizer.learning_rate=fast", "optimizer.learning_rate must be a number, got 'fast'"),
     ("model.batch_norm=maybe", "model.batch_norm must be true or false, got 'maybe'"),
     ("training.reduce_on_plateau.monitor=val_auc", "training.reduce_on_plateau.monitor must be val_loss, val_accuracy, loss or accuracy"),
+    ("ensemble.stacking_weights=positive", "ensemble.stacking_weights must be non_negative or free, got 'positive'"),
 ])
 def test_every_value_is_checked_at_load_with_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as info:

@@ -113,3 +113,59 @@ def test_bad_json_and_methods_raise_histoedge_error(tmp_path):
     with pytest.raises(HistoedgeError):
         fit_ensemble("stacking", members=["a", "b", "c"], val_probs=probs, val_labels=np.zeros(30, int),
                      classes=["x", "y"], image_size=32)
+
+
+def _suppressor_members(n=600, seed=0):
+    """Member a sees the label through noise; member b sees only a's noise, so a free fit weights b negatively."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    noise = rng.normal(0, 1.5, n)
+
+    def probs(logit):
+        p1 = 1 / (1 + np.exp(-logit))
+        return np.stack([1 - p1, p1], axis=1)
+
+    return y, [probs(2.0 * (2 * y - 1) + noise), probs(noise)]
+
+
+def test_member_support_matches_hand_computed_values():
+    from histoedge.training.ensemble import member_support
+
+    # binary: one row of weights for class 1; support is (w_c1 - w_c0) / 2 per member
+    np.testing.assert_allclose(member_support([[-1.0, 1.0, 0.5, -0.5]], 2, 2), [1.0, -0.5])
+    # three classes, one member: the identity votes for each class it names; its transpose as well
+    np.testing.assert_allclose(member_support(np.eye(3), 1, 3), [2.0])
+    np.testing.assert_allclose(member_support(-np.eye(3), 1, 3), [-2.0])
+
+
+def test_free_stacking_counts_a_member_against_its_class_and_non_negative_drops_it():
+    from histoedge.training.ensemble import member_support
+
+    y, probs = _suppressor_members()
+    free = fit_ensemble("stacking", members=["a", "b"], val_probs=probs, val_labels=y, classes=["benign", "malignant"],
+                        image_size=32, stacking_weights="free")
+    assert member_support(free.stacking["coef"], 2, 2)[1] < -0.5
+    kept = fit_ensemble("stacking", members=["a", "b"], val_probs=probs, val_labels=y, classes=["benign", "malignant"],
+                        image_size=32)
+    coef = np.array(kept.stacking["coef"])
+    assert coef.shape == (1, 4) and np.all(coef[0, 2:] == 0) and member_support(coef, 2, 2)[0] > 0
+    # the dropped member changes nothing: the ensemble ranks images as member a alone does
+    order = np.argsort(kept.predict_proba(probs)[:, 1], kind="stable")
+    assert np.all(np.diff(probs[0][order, 1]) >= -1e-12)
+
+
+def test_non_negative_stacking_keeps_an_unconstrained_fit_when_every_member_helps():
+    y, probs = _members(300, n_classes=3)
+    free = fit_ensemble("stacking", members=["a", "b", "c"], val_probs=probs, val_labels=y,
+                        classes=["x", "y", "z"], image_size=32, stacking_weights="free")
+    kept = fit_ensemble("stacking", members=["a", "b", "c"], val_probs=probs, val_labels=y,
+                        classes=["x", "y", "z"], image_size=32)
+    np.testing.assert_allclose(kept.stacking["coef"], free.stacking["coef"])
+
+
+def test_unknown_stacking_weights_are_refused():
+    from histoedge.training.ensemble import fit_stacking
+
+    y, probs = _members(50)
+    with pytest.raises(HistoedgeError, match="stacking weights"):
+        fit_stacking(probs, y, weights="positive")
