@@ -253,6 +253,7 @@ class TrainingConfig(Section):
 
 THRESHOLD_RULES = ("patient_lower_bound", "validation_point")
 THRESHOLD_DATA = ("auto", "validation", "out_of_fold")
+STACKING_WEIGHTS = ("non_negative", "free")
 PATIENT_AGGREGATIONS = ("mean", "median", "max")
 
 
@@ -292,7 +293,7 @@ class EnsembleConfig(Section):
     threshold_confidence: float = setting(0.9, low=0.5, high=1, high_open=True)
     cv_folds: int = setting(0, low=0, high=20)
     threshold_on: str = setting("auto", choices=THRESHOLD_DATA)
-    stacking_weights: str = setting("non_negative", choices=("non_negative", "free"))
+    stacking_weights: str = setting("non_negative", choices=STACKING_WEIGHTS)
 
     def check(self):
         self.require(len(self.members) >= 1, f"ensemble.members must list at least one recipe, got {self.members!r}")

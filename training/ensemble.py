@@ -34,6 +34,7 @@ import numpy as np
 
 from histoedge.export.ensemble_spec import METHODS, EnsembleSpec
 from histoedge.export.errors import EnsembleSpecError
+from histoedge.training.config import STACKING_WEIGHTS
 from histoedge.training.errors import EnsembleError
 from histoedge.training.thresholds import point_threshold
 
@@ -136,9 +137,6 @@ def _checked(config: dict) -> EnsembleSpec:
         return EnsembleSpec.from_dict(config)
     except EnsembleSpecError as error:
         raise EnsembleError(str(error)) from error
-
-
-STACKING_WEIGHTS = ("non_negative", "free")
 
 
 def member_support(coef, n_members: int, n_classes: int) -> np.ndarray:
