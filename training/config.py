@@ -31,7 +31,7 @@ from histoedge.training.errors import ConfigError
 # Hidden activations Keras knows by name that make sense in a CNN.
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "leaky_relu", "mish")
 # Metrics the member trainer logs on validation data (early stopping and plateau watch one).
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+MONITORS = ("val_loss", "val_accuracy", "val_auc", "loss", "accuracy", "auc")
 
 
 
@@ -209,6 +209,22 @@ class ReduceOnPlateauConfig(Section):
 
 
 @dataclass
+class OnsetConfig(Section):
+    """When early stopping and plateau reduction start counting (:mod:`training.callbacks.onset`).
+
+    Args:
+        enabled: False counts from the first epoch, as plain Keras callbacks do.
+        min_auc: validation ROC-AUC (macro over classes) from which the model counts as learning.
+        max_wait: epochs after which counting starts anyway.
+    """
+
+    SECTION: ClassVar[str] = "training.onset"
+    enabled: bool = True
+    min_auc: float = setting(0.75, low=0.5, high=1, low_open=True)
+    max_wait: int = setting(10, low=0)
+
+
+@dataclass
 class FineTuneConfig(Section):
     """Two-phase fine-tuning of a backbone (``model.backbone`` other than "custom").
 
@@ -247,6 +263,7 @@ class TrainingConfig(Section):
     batch_size: int = setting(64, low=1)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     reduce_on_plateau: ReduceOnPlateauConfig = field(default_factory=ReduceOnPlateauConfig)
+    onset: OnsetConfig = field(default_factory=OnsetConfig)
     label_smoothing: float = setting(0.0, low=0, high=1, high_open=True)
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 

@@ -104,6 +104,7 @@ class MemberPlan:
         import keras
 
         from histoedge.training.callbacks.drw import DeferredReweighting
+        from histoedge.training.callbacks.onset import GatedEarlyStopping, LearningOnset
         from histoedge.training.callbacks.plateau import ReduceLROnPlateau
         from histoedge.training.finetune import set_trainable
         from histoedge.training.schedules import build_optimizer, build_schedule
@@ -117,16 +118,23 @@ class MemberPlan:
             cfg.optimizer, learning_rate=cfg.optimizer.learning_rate * phase.lr_scale)
         # The schedule of each phase spans that phase only, so phase 2 starts at its own rate.
         self.schedule = build_schedule(optimizer_config, self.steps_per_epoch, phase.epochs)
+        # ROC-AUC per class column, averaged: macro one-vs-rest, chance 0.5 whatever the priors.
+        auc = keras.metrics.AUC(name="auc", multi_label=True, num_labels=self.num_classes)
         self.model.compile(optimizer=build_optimizer(optimizer_config, self.schedule), loss=self.loss,
-                           metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                           metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), auc])
         drw_epoch = recipe.drw_start_epoch(self.epochs) if recipe.uses_drw else 0
         callbacks = [self.history] if self.history is not None else []
+        onset = None
+        if cfg.training.onset.enabled and phase.start == 0:
+            onset = LearningOnset(cfg.training.onset.min_auc, cfg.training.onset.max_wait,
+                                  name=f"member {recipe.name}")
+            callbacks.append(onset)  # before the callbacks it gates
         plateau = None
         if cfg.training.reduce_on_plateau.enabled:
             rop = cfg.training.reduce_on_plateau
             plateau = ReduceLROnPlateau(self.schedule, monitor=rop.monitor, factor=rop.factor,
                                         patience=rop.patience, min_lr=rop.min_lr,
-                                        verbose=int(verbose > 0))
+                                        verbose=int(verbose > 0), gate=onset)
         if recipe.uses_drw:
             callbacks.append(DeferredReweighting(self.loss, self.counts, drw_epoch, beta=recipe.drw_beta,
                                                  reset=[plateau] if plateau else []))
@@ -136,8 +144,8 @@ class MemberPlan:
             stop = cfg.training.early_stopping
             # With DRW the loss changes at drw_epoch; only the re-weighted phase is compared, so
             # the model always gets its re-weighting stage and "best" compares like with like.
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor=stop.monitor, patience=stop.patience,
+            callbacks.append(GatedEarlyStopping(
+                onset, monitor=stop.monitor, patience=stop.patience,
                 restore_best_weights=stop.restore_best_weights, start_from_epoch=drw_epoch,
                 verbose=int(verbose > 0)))
         self.callbacks = callbacks
@@ -206,6 +214,12 @@ def plan_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarra
     from histoedge.training.finetune import plan_phases
 
     plan = prepare_member(recipe, config, train_data, val_data, classes, out_dir)
+    training = plan.config.training
+    for section, monitor in (("early_stopping", training.early_stopping.monitor),
+                             ("reduce_on_plateau", training.reduce_on_plateau.monitor)):
+        if monitor.endswith("auc"):
+            raise ConfigError(f"training.{section}.monitor: the multi-worker loop logs loss and accuracy "
+                              f"only; watch val_loss or val_accuracy instead of {monitor}")
     phases = plan_phases(plan.config, backbone=plan.config.model.backbone != "custom")
     if len(phases) != 1:
         raise ConfigError(f"member {recipe.name}: multi-worker training runs one training phase; "

@@ -93,6 +93,9 @@ def test_yaml_round_trip(tmp_path):
     ("training.label_smoothing=1.5", "label_smoothing"),
     ("optimizer.schedule=step", "optimizer.schedule must be"),
     ("ensemble.method=voting", "ensemble.method must be"),
+    ("training.onset.min_auc=0.5", "training.onset.min_auc"),
+    ("training.onset.max_wait=-1", "training.onset.max_wait"),
+    ("training.early_stopping.monitor=val_f1", "training.early_stopping.monitor"),
 ])
 def test_bad_values_fail_at_load_time(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -109,7 +112,7 @@ def test_bad_values_fail_at_load_time(override, message):
     ("model.filters=[32, 0]", "each item of model.filters must be >= 1, got 0"),
     ("optimizer.learning_rate=fast", "optimizer.learning_rate must be a number, got 'fast'"),
     ("model.batch_norm=maybe", "model.batch_norm must be true or false, got 'maybe'"),
-    ("training.reduce_on_plateau.monitor=val_auc", "training.reduce_on_plateau.monitor must be val_loss, val_accuracy, loss or accuracy"),
+    ("training.reduce_on_plateau.monitor=val_f1", "training.reduce_on_plateau.monitor must be val_loss, val_accuracy, val_auc, loss, accuracy or auc"),
     ("ensemble.stacking_weights=positive", "ensemble.stacking_weights must be non_negative or free, got 'positive'"),
 ])
 def test_every_value_is_checked_at_load_with_one_line_naming_the_key(override, message):

@@ -60,6 +60,8 @@ def test_writes_history_csv_with_lr(trained):
     steps = math.ceil(2 * np.bincount(trained["train"][1]).max() / 16)  # oversampled, batch 16
     assert float(rows[0]["lr"]) == pytest.approx(1e-3 / (1 + steps / 1000), rel=1e-4)
     assert all(math.isfinite(float(r["val_loss"])) for r in rows)
+    # validation ROC-AUC, macro over classes, is logged for the learning-onset gate
+    assert all(0.0 <= float(r["val_auc"]) <= 1.0 and 0.0 <= float(r["auc"]) <= 1.0 for r in rows)
 
 
 def test_model_keras_reloads_without_custom_objects(trained, tmp_path):
@@ -168,14 +170,27 @@ def test_fit_gets_class_weights_and_drw_aware_early_stopping(tmp_path, monkeypat
     assert seen["class_weight"] == pytest.approx({c: 20 / (2 * counts[c]) for c in (0, 1)})
     stopper = [c for c in seen["callbacks"] if isinstance(c, keras.callbacks.EarlyStopping)][0]
     assert stopper.start_from_epoch == 0 and stopper.restore_best_weights and stopper.patience == 8
+    # the onset gate runs before the callbacks it gates, and both share it
+    names = [type(c).__name__ for c in seen["callbacks"]]
+    onset = seen["callbacks"][names.index("LearningOnset")]
+    assert names.index("LearningOnset") < min(names.index("ReduceLROnPlateau"), names.index("GatedEarlyStopping"))
+    assert stopper.onset is onset and seen["callbacks"][names.index("ReduceLROnPlateau")].gate is onset
+    assert (onset.min_auc, onset.max_wait) == (0.75, 10)
     train_member(get_recipe("ldam", config), config, (images, labels), (images, labels),
                  ["a", "b"], tmp_path / "ldam", verbose=0)
     assert seen["class_weight"] is None
     names = [type(c).__name__ for c in seen["callbacks"]]
     assert "DeferredReweighting" in names and "ReduceLROnPlateau" in names
     drw = seen["callbacks"][names.index("DeferredReweighting")]
-    stopper = seen["callbacks"][names.index("EarlyStopping")]
+    stopper = seen["callbacks"][names.index("GatedEarlyStopping")]
     assert drw.start_epoch == 8 == stopper.start_from_epoch  # 80% of 10 epochs
+    off = load_config(overrides=TINY + ["training.onset.enabled=false"], epochs=10, image_size=32)
+    train_member(get_recipe("focal", off), off, (images, labels), (images, labels),
+                 ["a", "b"], tmp_path / "focal", verbose=0)
+    names = [type(c).__name__ for c in seen["callbacks"]]
+    assert "LearningOnset" not in names
+    assert seen["callbacks"][names.index("GatedEarlyStopping")].onset is None
+    assert seen["callbacks"][names.index("ReduceLROnPlateau")].gate is None
     assert (tmp_path / "ldam" / "model.keras").is_file()
 
 
@@ -186,3 +201,12 @@ def test_member_seeds_differ_by_recipe_and_are_stable():
     assert len({member_seed(0, name) for name in ("ldam", "class_weight", "oversample", "focal")}) == 4
     assert member_seed(0, "ldam") != member_seed(1, "ldam")
     assert 0 <= member_seed(2**40, "x") < 2**31 - 1
+
+
+def test_multi_worker_plan_refuses_a_monitor_its_loop_does_not_log(tmp_path):
+    from histoedge.training.trainer import plan_member
+
+    config = load_config(overrides=TINY + ["training.early_stopping.monitor=val_auc"], epochs=2, image_size=32)
+    images, labels = tiny_data(n=20)
+    with pytest.raises(ConfigError, match="training.early_stopping.monitor: the multi-worker loop logs"):
+        plan_member(get_recipe("focal", config), config, (images, labels), (images, labels), ["a", "b"], None)

@@ -25,11 +25,14 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
         patience: epochs without improvement before reducing.
         min_lr: never reduce the current learning rate below this.
         min_delta: smallest change counted as an improvement.
+        gate: an object with ``reached(epoch)`` (:class:`training.callbacks.onset.LearningOnset`);
+            epochs before it are ignored. None: every epoch counts.
     """
 
     def __init__(self, schedule, monitor: str = "val_loss", factor: float = 0.5, patience: int = 3,
-                 min_lr: float = 1e-6, min_delta: float = 1e-4, verbose: int = 0):
+                 min_lr: float = 1e-6, min_delta: float = 1e-4, verbose: int = 0, gate=None):
         super().__init__()
+        self.gate = gate
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {factor}")
         self.schedule = schedule
@@ -54,7 +57,7 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None:
+        if value is None or (self.gate is not None and not self.gate.reached(epoch)):
             return
         if self._improved(float(value)):
             self.best = float(value)
