@@ -30,6 +30,7 @@ from histoedge.training.errors import ConfigError
 
 # Hidden activations Keras knows by name that make sense in a CNN.
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "leaky_relu", "mish")
+KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform")
 # Metrics the member trainer logs on validation data (early stopping and plateau watch one).
 MONITORS = ("val_loss", "val_accuracy", "val_auc", "loss", "accuracy", "auc")
 
@@ -116,6 +117,9 @@ class CNNConfig(Section):
         max_norm: if set, a MaxNorm(max_norm) kernel constraint on every conv/dense kernel.
         global_pool: GlobalAveragePooling2D instead of Flatten before the head.
         activation: hidden activation.
+        kernel_initializer: initial weights of every hidden conv/dense kernel: "glorot_uniform"
+            (Keras' default, the seed's) or "he_normal" / "he_uniform" (scaled for ReLU, so the
+            signal keeps its size through a deep plain net).
         backbone: "custom" (this CNN) or a Keras Applications backbone by name ("resnet50",
             "efficientnetb0", "mobilenetv3small", "densenet121"; see
             :mod:`training.models.backbones`). A backbone is followed by global average pooling
@@ -143,6 +147,7 @@ class CNNConfig(Section):
     max_norm: float | None = setting(None, low=0, low_open=True)
     global_pool: bool = False
     activation: str = setting("relu", choices=ACTIVATIONS)
+    kernel_initializer: str = setting("glorot_uniform", choices=KERNEL_INITIALIZERS)
     backbone: str = "custom"
     weights: str | None = None
 
@@ -216,12 +221,16 @@ class OnsetConfig(Section):
         enabled: False counts from the first epoch, as plain Keras callbacks do.
         min_auc: validation ROC-AUC (macro over classes) from which the model counts as learning.
         max_wait: epochs after which counting starts anyway.
+        restarts: how many times a training that has not reached ``min_auc`` by ``max_wait`` is
+            ended there and started again from new initial weights (another seed); the last
+            attempt runs to the end whatever it reaches.
     """
 
     SECTION: ClassVar[str] = "training.onset"
     enabled: bool = True
     min_auc: float = setting(0.75, low=0.5, high=1, low_open=True)
     max_wait: int = setting(10, low=0)
+    restarts: int = setting(2, low=0)
 
 
 @dataclass

@@ -82,6 +82,7 @@ class MemberPlan:
     history: Any = None
     schedule: Any = None
     callbacks: list = field(default_factory=list)
+    onset: Any = None   # the first phase's LearningOnset, when the gate is on
 
     @property
     def steps_per_epoch(self) -> int:
@@ -99,8 +100,12 @@ class MemberPlan:
                                        training=False, augment=None, seed=self.seed, rows=rows)
         return train, val
 
-    def compile_phase(self, phase, *, verbose: int = 1) -> None:
-        """Set the trainable layers, compile, and build the callbacks for one training phase."""
+    def compile_phase(self, phase, *, verbose: int = 1, abort: bool = False) -> None:
+        """Set the trainable layers, compile, and build the callbacks for one training phase.
+
+        ``abort``: a first phase that has not started to learn by ``training.onset.max_wait`` is
+        ended there (``self.onset.aborted``) instead of trained on.
+        """
         import keras
 
         from histoedge.training.callbacks.drw import DeferredReweighting
@@ -127,8 +132,9 @@ class MemberPlan:
         onset = None
         if cfg.training.onset.enabled and phase.start == 0:
             onset = LearningOnset(cfg.training.onset.min_auc, cfg.training.onset.max_wait,
-                                  name=f"member {recipe.name}")
+                                  name=f"member {recipe.name}", abort=abort)
             callbacks.append(onset)  # before the callbacks it gates
+            self.onset = onset
         plateau = None
         if cfg.training.reduce_on_plateau.enabled:
             rop = cfg.training.reduce_on_plateau
@@ -153,12 +159,13 @@ class MemberPlan:
 
 def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarray, np.ndarray],
                    val_data: tuple[np.ndarray, np.ndarray], classes: list[str],
-                   out_dir: Path | None) -> MemberPlan:
+                   out_dir: Path | None, attempt: int = 0) -> MemberPlan:
     """Check the data, apply the imbalance strategy, build the loss and the (uncompiled) model.
 
     Call it inside ``strategy.scope()`` to place the variables with a ``tf.distribute``
     strategy.  Arguments as :func:`train_member`; ``out_dir=None`` writes nothing (no
-    ``history.csv``), as on a non-chief worker.
+    ``history.csv``), as on a non-chief worker.  ``attempt`` > 0 draws other initial weights
+    and batches (a restart after a start that did not learn).
     """
     import keras
 
@@ -182,7 +189,7 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
         raise ConfigError(f"training.epochs and training.batch_size must be >= 1, "
                           f"got {epochs}, {batch_size}")
 
-    seed = member_seed(cfg.seed, recipe.name)
+    seed = member_seed(cfg.seed, recipe.name if attempt == 0 else f"{recipe.name}/attempt{attempt}")
     keras.utils.set_random_seed(seed)
     x_train, y_train, class_weight = apply_imbalance(
         recipe.imbalance, x_train, y_train, num_classes, method=recipe.oversample_method,
@@ -247,16 +254,30 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
         The trained ``keras.Model`` (softmax "probabilities" output), best weights restored when
         early stopping with ``restore_best_weights`` is on.  Called inside a single-process
         ``tf.distribute`` strategy's scope (``MirroredStrategy``), ``fit`` splits each global
-        batch over its replicas.
+        batch over its replicas.  A start whose validation ROC-AUC has not reached
+        ``training.onset.min_auc`` by ``training.onset.max_wait`` epochs is abandoned and the
+        member trained again from other initial weights, up to ``training.onset.restarts`` times.
     """
     from histoedge.training.finetune import plan_phases
 
-    plan = prepare_member(recipe, config, train_data, val_data, classes, Path(out_dir))
-    train_ds, val_ds = plan.datasets()
-    for phase in plan_phases(plan.config, backbone=plan.config.model.backbone != "custom"):
-        plan.compile_phase(phase, verbose=verbose)
-        plan.model.fit(train_ds, validation_data=val_ds, epochs=phase.end, initial_epoch=phase.start,
-                       class_weight=plan.class_weight, callbacks=plan.callbacks, shuffle=False, verbose=verbose)
+    attempt = 0
+    while True:
+        plan = prepare_member(recipe, config, train_data, val_data, classes, Path(out_dir), attempt=attempt)
+        onset = plan.config.training.onset
+        restarts = onset.restarts if onset.enabled else 0
+        train_ds, val_ds = plan.datasets()
+        for phase in plan_phases(plan.config, backbone=plan.config.model.backbone != "custom"):
+            plan.compile_phase(phase, verbose=verbose, abort=attempt < restarts)
+            plan.model.fit(train_ds, validation_data=val_ds, epochs=phase.end, initial_epoch=phase.start,
+                           class_weight=plan.class_weight, callbacks=plan.callbacks, shuffle=False,
+                           verbose=verbose)
+            if plan.onset is not None and plan.onset.aborted:
+                break
+        if plan.onset is None or not plan.onset.aborted:
+            break
+        attempt += 1
+        log.info("member %s: attempt %d of %d, seed %d", recipe.name, attempt + 1, restarts + 1,
+                 member_seed(plan.config.seed, f"{recipe.name}/attempt{attempt}"))
     save_model(plan.model, Path(out_dir) / "model.keras")
     return plan.model
 

@@ -123,6 +123,15 @@ def test_onset_is_assumed_after_max_wait_with_a_warning(caplog):
     assert "member cw: validation ROC-AUC is 0.500 after 3 epochs" in caplog.text
 
 
+def test_onset_with_abort_stops_the_attempt_at_max_wait_instead():
+    onset = LearningOnset(min_auc=0.75, max_wait=3, abort=True)
+    assert drive([onset], [{"val_auc": 0.5}] * 6) == 2
+    assert onset.aborted and onset.epoch is None and not onset.learned
+    learned = LearningOnset(min_auc=0.75, max_wait=3, abort=True)
+    assert drive([learned], [{"val_auc": 0.5}, {"val_auc": 0.8}] + [{"val_auc": 0.5}] * 4) is None
+    assert learned.learned and not learned.aborted and learned.epoch == 1
+
+
 def test_onset_without_the_metric_counts_from_the_first_epoch():
     onset = LearningOnset()
     drive([onset], [{"val_loss": 1.0}] * 2)

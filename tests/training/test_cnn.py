@@ -110,3 +110,19 @@ def test_cnn_config_round_trip_and_width():
     assert [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2D)] == [4, 8, 16]
     with pytest.raises(ConfigError, match="unknown config key 'model.filtrs'"):
         CNNConfig.from_config({"filtrs": [1]})
+
+
+def test_kernel_initializer_reaches_hidden_kernels_but_not_the_softmax():
+    he = build_cnn(CNNConfig(filters=[8, 16], block_dropout=[0.0, 0.0], dense_units=[16], kernel_initializer="he_normal"), 2, 32)
+    hidden = [layer for layer in he.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+              and layer.name != "probabilities"]
+    assert hidden and all(type(layer.kernel_initializer).__name__ == "HeNormal" for layer in hidden)
+    assert type(he.get_layer("probabilities").kernel_initializer).__name__ == "GlorotUniform"
+    default = build_cnn(CNNConfig(filters=[8, 16], block_dropout=[0.0, 0.0], dense_units=[16]), 2, 32)
+    assert type(default.get_layer("conv1").kernel_initializer).__name__ == "GlorotUniform"
+    # He scaling keeps the signal's size through ReLU layers: conv2's kernel has std sqrt(2 / fan_in)
+    kernel = keras.ops.convert_to_numpy(he.get_layer("conv2").kernel)
+    fan_in = 3 * 3 * 8
+    assert 0.7 * np.sqrt(2 / fan_in) < kernel.std() < 1.1 * np.sqrt(2 / fan_in)
+    with pytest.raises(ConfigError, match="model.kernel_initializer"):
+        CNNConfig(kernel_initializer="zeros")

@@ -210,3 +210,67 @@ def test_multi_worker_plan_refuses_a_monitor_its_loop_does_not_log(tmp_path):
     images, labels = tiny_data(n=20)
     with pytest.raises(ConfigError, match="training.early_stopping.monitor: the multi-worker loop logs"):
         plan_member(get_recipe("focal", config), config, (images, labels), (images, labels), ["a", "b"], None)
+
+
+def scripted_fit(val_aucs):
+    """A ``Model.fit`` that drives the real callbacks with a flat loss and the given validation
+    ROC-AUC (attempt k gets ``val_aucs[k]``, the last one repeating); records epochs per call."""
+    epochs_run = []
+
+    def fit(self, *args, epochs=1, initial_epoch=0, callbacks=(), **kwargs):
+        auc = val_aucs[min(len(epochs_run), len(val_aucs) - 1)]
+        epochs_run.append(0)
+        self.stop_training = False
+        for callback in callbacks:
+            callback.set_model(self)
+            callback.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            logs = {"loss": 0.7, "accuracy": 0.5, "val_loss": 0.7, "val_accuracy": 0.5, "val_auc": auc}
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+            epochs_run[-1] = epoch + 1
+            if self.stop_training:
+                break
+        for callback in callbacks:
+            callback.on_train_end()
+
+    return fit, epochs_run
+
+
+@pytest.mark.parametrize("val_aucs, expected", [
+    ([0.5, 0.9], [10, 9]),        # dead start abandoned at epoch 10; the second learns at once
+    ([0.5], [10, 10, 12]),        # never learns: two restarts, the last attempt runs to the end
+    ([0.9], [9]),                 # learns at once: one attempt, early stopping from epoch 1
+])
+def test_a_start_that_does_not_learn_is_abandoned_and_retrained_from_other_weights(
+        val_aucs, expected, tmp_path, monkeypatch, caplog):
+    import keras
+
+    fit, epochs_run = scripted_fit(val_aucs)
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    seeds = []
+    real_seed = keras.utils.set_random_seed
+    monkeypatch.setattr(keras.utils, "set_random_seed", lambda seed: (seeds.append(seed), real_seed(seed)))
+    config = load_config(overrides=TINY, epochs=12, image_size=32)
+    images, labels = tiny_data(n=20)
+    with caplog.at_level("INFO"):
+        train_member(get_recipe("focal", config), config, (images, labels), (images, labels),
+                     ["a", "b"], tmp_path / "focal", verbose=0)
+    assert epochs_run == expected
+    assert len(seeds) == len(expected) and len(set(seeds)) == len(seeds)  # new weights each attempt
+    assert caplog.text.count("starting again from new weights") == len(expected) - 1
+    assert (tmp_path / "focal" / "model.keras").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "focal" / "history.csv")))
+    assert len(rows) == expected[-1]  # the history is the kept attempt's
+
+
+def test_restarts_zero_keeps_the_single_attempt(tmp_path, monkeypatch):
+    import keras
+
+    fit, epochs_run = scripted_fit([0.5])
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    config = load_config(overrides=TINY + ["training.onset.restarts=0"], epochs=12, image_size=32)
+    images, labels = tiny_data(n=20)
+    train_member(get_recipe("focal", config), config, (images, labels), (images, labels),
+                 ["a", "b"], tmp_path / "focal", verbose=0)
+    assert epochs_run == [12]

@@ -6,7 +6,9 @@ plateau the validation loss is flat, so early stopping counts those epochs as "n
 ends the training and restores an early, chance-level model, and plateau reduction halves the
 learning rate the model needs to move off the plateau. Seen with the ``class_weight`` recipe: 3
 of 15 cross-fitting folds were stopped that way (held-out ROC-AUC 0.58-0.79 against 0.92-0.97 for
-the same recipe's other trainings).
+the same recipe's other trainings). Some starts never leave it (every ReLU of a layer silent for
+every image): with ``abort`` the onset callback ends such an attempt at ``max_wait`` so the trainer
+can start again from other initial weights.
 
 :class:`LearningOnset` marks the first epoch at which validation ROC-AUC (the compiled ``auc``
 metric, macro over classes) reaches ``min_auc``, or the epoch ``max_wait`` when it never does;
@@ -39,9 +41,11 @@ class LearningOnset(keras.callbacks.Callback):
         max_wait: epochs after which the onset is assumed anyway (0: from the first epoch), so a
             model that never gets there still stops early and keeps its best weights.
         name: what is training, for the log line.
+        abort: at ``max_wait`` without the onset, stop the training instead (``aborted`` is then
+            True), so the caller can start again from new weights.
     """
 
-    def __init__(self, min_auc: float = 0.75, max_wait: int = 10, name: str = "model"):
+    def __init__(self, min_auc: float = 0.75, max_wait: int = 10, name: str = "model", abort: bool = False):
         super().__init__()
         if not 0.5 < min_auc <= 1.0:
             raise ValueError(f"min_auc must be in (0.5, 1], got {min_auc}")
@@ -50,8 +54,11 @@ class LearningOnset(keras.callbacks.Callback):
         self.min_auc = float(min_auc)
         self.max_wait = int(max_wait)
         self.name = name
+        self.abort = abort
         self.epoch: int | None = None   # 0-based onset epoch, None until reached
         self.reason = ""
+        self.learned = False            # the onset came from validation ROC-AUC, not from max_wait
+        self.aborted = False
 
     def on_epoch_end(self, epoch, logs=None):
         if self.epoch is not None:
@@ -60,7 +67,13 @@ class LearningOnset(keras.callbacks.Callback):
         if auc is None:
             self.epoch, self.reason = epoch, f"no {MONITOR} logged"
         elif float(auc) >= self.min_auc:
-            self.epoch, self.reason = epoch, f"validation ROC-AUC {float(auc):.3f}"
+            self.epoch, self.reason, self.learned = epoch, f"validation ROC-AUC {float(auc):.3f}", True
+        elif epoch + 1 >= self.max_wait and self.abort:
+            self.aborted = True
+            self.model.stop_training = True
+            log.warning("%s: validation ROC-AUC is %.3f after %d epochs (onset at %.2f); starting "
+                        "again from new weights", self.name, float(auc), epoch + 1, self.min_auc)
+            return
         elif epoch + 1 >= self.max_wait:
             self.epoch = epoch
             self.reason = f"validation ROC-AUC still {float(auc):.3f} after {epoch + 1} epochs"

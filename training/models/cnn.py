@@ -41,7 +41,8 @@ def _kernel_options(config: CNNConfig, conv: bool) -> dict:
     constraint = None
     if config.max_norm:
         constraint = keras.constraints.MaxNorm(config.max_norm, axis=[0, 1, 2] if conv else 0)
-    return {"kernel_regularizer": _kernel_regularizer(config), "kernel_constraint": constraint}
+    return {"kernel_regularizer": _kernel_regularizer(config), "kernel_constraint": constraint,
+            "kernel_initializer": config.kernel_initializer}
 
 
 def _validate(config: CNNConfig, num_classes: int, image_size: int) -> None:
@@ -115,5 +116,6 @@ def classification_head(x, config: CNNConfig, num_classes: int):
         x = keras.layers.Activation(config.activation, name=f"dense_act{index}")(x)
     if config.head_dropout > 0:
         x = keras.layers.Dropout(config.head_dropout, name="head_dropout_out")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name=PROBABILITIES,
-                              **_kernel_options(config, conv=False))(x)
+    # The softmax layer is not followed by a ReLU, so it keeps Keras' Glorot initialisation.
+    output_options = {**_kernel_options(config, conv=False), "kernel_initializer": "glorot_uniform"}
+    return keras.layers.Dense(num_classes, activation="softmax", name=PROBABILITIES, **output_options)(x)
