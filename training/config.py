@@ -30,6 +30,7 @@ from histoedge.training.errors import ConfigError
 
 # Hidden activations Keras knows by name that make sense in a CNN.
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "leaky_relu", "mish")
+# Initialisers of the hidden conv/dense kernels (model.kernel_initializer).
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "he_uniform")
 # Metrics the member trainer logs on validation data (early stopping and plateau watch one).
 MONITORS = ("val_loss", "val_accuracy", "val_auc", "loss", "accuracy", "auc")

@@ -265,6 +265,8 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
         plan = prepare_member(recipe, config, train_data, val_data, classes, Path(out_dir), attempt=attempt)
         onset = plan.config.training.onset
         restarts = onset.restarts if onset.enabled else 0
+        if attempt:
+            log.info("member %s: attempt %d of %d, seed %d", recipe.name, attempt + 1, restarts + 1, plan.seed)
         train_ds, val_ds = plan.datasets()
         for phase in plan_phases(plan.config, backbone=plan.config.model.backbone != "custom"):
             plan.compile_phase(phase, verbose=verbose, abort=attempt < restarts)
@@ -276,8 +278,6 @@ def train_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.ndarr
         if plan.onset is None or not plan.onset.aborted:
             break
         attempt += 1
-        log.info("member %s: attempt %d of %d, seed %d", recipe.name, attempt + 1, restarts + 1,
-                 member_seed(plan.config.seed, f"{recipe.name}/attempt{attempt}"))
     save_model(plan.model, Path(out_dir) / "model.keras")
     return plan.model
 
