@@ -16,8 +16,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +32,10 @@ def refit(run: Path, data: Path, recipe_name: str, fold: int, overrides: list[st
     from histoedge.training import trainer
     from histoedge.training.config import load_config
     from histoedge.training.data import load_dataset
+    from histoedge.training.data.stain import STAIN_FILE, normalise_dataset
+    from histoedge.training.plots import read_history
     from histoedge.training.recipes import get_recipe
-    from histoedge.training.run import with_augmentation_preset
+    from histoedge.training.run import resolve_splits, with_augmentation_preset
 
     config = load_config(run / "config.yaml", overrides=overrides)
     dataset = load_dataset(data, image_size=config.data.image_size, label=config.data.label,
@@ -41,19 +43,23 @@ def refit(run: Path, data: Path, recipe_name: str, fold: int, overrides: list[st
     config = with_augmentation_preset(config, dataset)
     with np.load(run / "crossfit" / recipe_name / f"fold{fold}.npz") as stored:
         fit, stop, held_out, stored_probs = (stored[k] for k in ("fit", "stop", "held_out", "probs"))
-    images, labels = dataset.images, dataset.labels
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
+        # The folds saw the run's stain-normalised images: normalise with its stored reference.
+        if (run / STAIN_FILE).is_file():
+            shutil.copy(run / STAIN_FILE, Path(scratch) / STAIN_FILE)
+        normalise_dataset(config, dataset, resolve_splits(run, dataset, config)["train"], Path(scratch))
+        images, labels = dataset.images, dataset.labels
         model = trainer.train_member(get_recipe(recipe_name, config), config, (images[fit], labels[fit]),
                                      (images[stop], labels[stop]), dataset.classes, Path(scratch), verbose=0)
-        rows = list(csv.DictReader(open(Path(scratch) / "history.csv")))
+        history = read_history(Path(scratch) / "history.csv")
     probs = model.predict(images[held_out].astype(np.float32), verbose=0)
     y = labels[held_out]
     return {"run": run.name, "recipe": recipe_name, "fold": fold, "overrides": overrides,
             "held_out_auc": round(float(roc_auc_score(y, probs[:, 1])), 4),
             "stored_auc": round(float(roc_auc_score(y, stored_probs[:, 1])), 4),
-            "epochs": len(rows), "seconds": round(time.perf_counter() - started),
-            "val_auc": [round(float(r["val_auc"]), 3) for r in rows]}
+            "epochs": len(history["epoch"]), "seconds": round(time.perf_counter() - started),
+            "val_auc": [round(auc, 3) for auc in history["val_auc"]]}
 
 
 def markdown(results: list[dict], label: str) -> str:
