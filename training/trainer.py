@@ -173,6 +173,7 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
     from histoedge.training.callbacks.history import HistoryCSV
     from histoedge.training.imbalance import apply_imbalance, class_counts
     from histoedge.training.models.backbones import build_model
+    from histoedge.training.models.cnn import channel_statistics
 
     cfg = recipe.resolve(config)
     num_classes = len(classes)
@@ -189,6 +190,8 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
         raise ConfigError(f"training.epochs and training.batch_size must be >= 1, "
                           f"got {epochs}, {batch_size}")
 
+    # Statistics of the images as given, before oversampling, so every recipe sees the same scaling.
+    input_stats = channel_statistics(x_train) if cfg.model.input_scaling == "standardise" else None
     seed = member_seed(cfg.seed, recipe.name if attempt == 0 else f"{recipe.name}/attempt{attempt}")
     keras.utils.set_random_seed(seed)
     x_train, y_train, class_weight = apply_imbalance(
@@ -199,7 +202,7 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
 
     loss = losses.get(recipe.loss, num_classes=num_classes, class_counts=counts.tolist(),
                       label_smoothing=cfg.training.label_smoothing)
-    model = build_model(cfg.model, num_classes, image_size)
+    model = build_model(cfg.model, num_classes, image_size, input_stats)
     history = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

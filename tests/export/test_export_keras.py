@@ -80,3 +80,18 @@ def test_keras_input_errors(sigmoid_model, tmp_path):
         export_keras(tmp_path / "nope.keras", ("a", "b"), tmp_path, "x")
     assert histoedge.cli.main(["export", "--keras", str(tmp_path / "m.keras"), "--repo", str(tmp_path),
                            "--name", "x"]) == 2
+
+
+def test_standardising_cnn_is_recognised_as_taking_raw_pixels(tmp_path):
+    from histoedge.training.config import CNNConfig
+    from histoedge.training.models.cnn import build_cnn, channel_statistics
+
+    images = np.random.default_rng(8).integers(100, 256, (8, 32, 32, 3), dtype=np.uint8)
+    model = build_cnn(CNNConfig(filters=[4, 8], block_dropout=[0.0, 0.0], dense_units=[8],
+                                input_scaling="standardise"), 2, 32, channel_statistics(images))
+    model.save(tmp_path / "std.keras")
+    manifest = export_keras(tmp_path / "std.keras", ("benign", "malignant"), tmp_path / "models", "std")
+    assert manifest.extra["rescaling_layer_detected"] is True and manifest.extra["input_scale"] == 1.0
+    expected = model.predict(images.astype(np.float32), verbose=0)
+    probabilities, _ = predict(make_session(tmp_path / "models" / "std" / "1" / "model.onnx"), images)
+    assert np.abs(probabilities - expected).max() <= 1e-4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from histoedge.training.config import CNNConfig, ConfigError
-from histoedge.training.models.cnn import build_cnn
+from histoedge.training.models.cnn import MIN_CHANNEL_STD, build_cnn, channel_statistics
 
 TINY = dict(filters=[8, 16], block_dropout=[0.0, 0.0], dense_units=[16])
 
@@ -126,3 +126,44 @@ def test_kernel_initializer_reaches_hidden_kernels_but_not_the_softmax():
     assert 0.7 * np.sqrt(2 / fan_in) < kernel.std() < 1.1 * np.sqrt(2 / fan_in)
     with pytest.raises(ConfigError, match="model.kernel_initializer"):
         CNNConfig(kernel_initializer="zeros")
+
+
+def test_channel_statistics_against_hand_computed_values():
+    images = np.zeros((3, 2, 2, 3), np.uint8)
+    images[..., 0] = [[[10, 20], [30, 40]]]          # the same 4 values in every image
+    images[0, ..., 1], images[1, ..., 1], images[2, ..., 1] = 0, 90, 180   # one value per image
+    images[..., 2] = 7                                   # constant: the floor applies
+    # chunk=2 splits the images, so the sums must carry across chunks
+    mean, std = channel_statistics(images, chunk=2)
+    assert mean == pytest.approx([25.0, 90.0, 7.0])
+    assert std == pytest.approx([np.sqrt(125.0), np.sqrt(5400.0), MIN_CHANNEL_STD])
+    with pytest.raises(ConfigError, match="at least one training image"):
+        channel_statistics(images[:0])
+
+
+def test_standardise_centres_the_training_images_and_reloads_without_custom_objects(tmp_path):
+    rng = np.random.default_rng(0)
+    images = np.clip(rng.normal([200, 140, 190], [30, 20, 10], (16, 32, 32, 3)), 0, 255).astype(np.float32)
+    config = CNNConfig(**TINY, input_scaling="standardise")
+    model = build_cnn(config, 2, 32, channel_statistics(images))
+    assert "rescale" not in [layer.name for layer in model.layers]
+    first = keras.Model(model.inputs, model.get_layer("standardise").output)
+    scaled = keras.ops.convert_to_numpy(first(images))
+    assert np.abs(scaled.mean((0, 1, 2))).max() < 1e-3
+    assert np.abs(scaled.std((0, 1, 2)) - 1).max() < 1e-3
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert np.abs(again.predict(images, verbose=0) - model.predict(images, verbose=0)).max() < 1e-6
+    unit = build_cnn(CNNConfig(**TINY), 2, 32)
+    assert unit.get_layer("rescale").scale == pytest.approx(1 / 255)
+
+
+def test_standardise_needs_statistics_and_the_custom_cnn():
+    with pytest.raises(ConfigError, match="needs the training images' channel statistics"):
+        build_cnn(CNNConfig(**TINY, input_scaling="standardise"), 2, 32)
+    with pytest.raises(ConfigError, match="3 means and 3 positive deviations"):
+        build_cnn(CNNConfig(**TINY, input_scaling="standardise"), 2, 32, ([1.0, 2.0], [1.0, 1.0]))
+    with pytest.raises(ConfigError, match="model.input_scaling"):
+        CNNConfig(input_scaling="minmax")
+    with pytest.raises(ConfigError, match="brings its own preprocessing"):
+        CNNConfig(input_scaling="standardise", backbone="resnet50", dense_units=[])

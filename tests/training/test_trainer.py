@@ -274,3 +274,22 @@ def test_restarts_zero_keeps_the_single_attempt(tmp_path, monkeypatch):
     train_member(get_recipe("focal", config), config, (images, labels), (images, labels),
                  ["a", "b"], tmp_path / "focal", verbose=0)
     assert epochs_run == [12]
+
+
+def test_standardise_takes_the_statistics_of_the_training_images_before_oversampling():
+    from histoedge.training.models.cnn import channel_statistics
+    from histoedge.training.trainer import prepare_member
+
+    config = load_config(overrides=TINY + ["model.input_scaling=standardise"], epochs=1, image_size=32)
+    images, labels = tiny_data(n=40)
+    train, val = (images[:30], labels[:30]), (images[30:], labels[30:])
+    plan = prepare_member(get_recipe("oversample", config), config, train, val, ["a", "b"], None)
+    assert len(plan.train[0]) > 30                      # SMOTE added rows ...
+    layer = plan.model.get_layer("standardise").get_config()
+    mean, std = channel_statistics(train[0])            # ... but the scaling is the given images'
+    assert layer["scale"] == pytest.approx([1 / s for s in std])
+    assert layer["offset"] == pytest.approx([-m / s for m, s in zip(mean, std)])
+    assert mean != pytest.approx(channel_statistics(plan.train[0])[0])
+    default = load_config(overrides=TINY, epochs=1, image_size=32)
+    unit = prepare_member(get_recipe("focal", default), default, train, val, ["a", "b"], None)
+    assert "rescale" in [layer.name for layer in unit.model.layers]

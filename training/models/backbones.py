@@ -42,16 +42,18 @@ log = logging.getLogger(__name__)
 BACKBONE_LAYER = "backbone"
 
 
-def build_model(config: CNNConfig, num_classes: int, image_size: int) -> keras.Model:
+def build_model(config: CNNConfig, num_classes: int, image_size: int,
+                input_stats=None) -> keras.Model:
     """The custom CNN or a backbone model, as ``config.backbone`` says.
 
     Args:
         config: the ``model`` section; ``backbone`` and ``weights`` choose the architecture.
         num_classes: width of the softmax output.
         image_size: side S of the square float32 input [N, S, S, 3] with raw 0..255 pixels.
+        input_stats: the custom CNN's channel statistics when ``input_scaling`` is "standardise".
     """
     if config.backbone == "custom":
-        return build_cnn(config, num_classes, image_size)
+        return build_cnn(config, num_classes, image_size, input_stats)
     return build_backbone_model(config, num_classes, image_size)
 
 

@@ -14,7 +14,10 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
+import numpy as np
 
 from histoedge.export.manifest import IMAGE, PROBABILITIES
 from histoedge.training.config import CNNConfig, ConfigError
@@ -62,13 +65,65 @@ def _validate(config: CNNConfig, num_classes: int, image_size: int) -> None:
         raise ConfigError(f"image size {image_size} is smaller than the first kernel ({smallest})")
 
 
-def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Model:
+# A channel that barely varies (a blank or single-colour dataset) is divided by at least this
+# many grey levels, so standardising never blows its noise up into the signal.
+MIN_CHANNEL_STD = 1.0
+
+
+def channel_statistics(images: np.ndarray, chunk: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of ``images`` in 0..255 units.
+
+    Summed in float64 over chunks, so a large uint8 split is never copied whole as floats.
+
+    Args:
+        images: [N, S, S, C] pixels (uint8 or float, raw 0..255).
+        chunk: images per chunk.
+
+    Example:
+        >>> channel_statistics(np.full((2, 4, 4, 3), 200, np.uint8))
+        ([200.0, 200.0, 200.0], [1.0, 1.0, 1.0])
+    """
+    if len(images) == 0:
+        raise ConfigError("model.input_scaling=standardise needs at least one training image")
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), chunk):
+        block = np.asarray(images[start:start + chunk], np.float64).reshape(-1, images.shape[-1])
+        total += block.sum(0)
+        squares += np.square(block).sum(0)
+    count = len(images) * int(np.prod(images.shape[1:-1]))
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return [float(m) for m in mean], [float(max(s, MIN_CHANNEL_STD)) for s in std]
+
+
+def input_scaling(config: CNNConfig, input_stats: tuple[Sequence[float], Sequence[float]] | None):
+    """The first layer: raw pixels / 255, or standardised with the training images' statistics."""
+    if config.input_scaling == "unit":
+        return keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+    if input_stats is None:
+        raise ConfigError("model.input_scaling=standardise needs the training images' channel "
+                          "statistics (channel_statistics)")
+    mean, std = (list(map(float, v)) for v in input_stats)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ConfigError(f"channel statistics must give 3 means and 3 positive deviations, got {mean}, {std}")
+    # A Rescaling layer with per-channel scale and offset, not Normalization: Normalization keeps
+    # its statistics as tensors built outside the traced call, which tf2onnx turns into extra
+    # graph inputs instead of constants.
+    return keras.layers.Rescaling(scale=[1.0 / s for s in std], offset=[-m / s for m, s in zip(mean, std)],
+                                  name="standardise")
+
+
+def build_cnn(config: CNNConfig, num_classes: int, image_size: int,
+              input_stats: tuple[Sequence[float], Sequence[float]] | None = None) -> keras.Model:
     """Build the functional CNN.
 
     Args:
         config: architecture and regularisation switches (:class:`training.config.CNNConfig`).
         num_classes: width of the softmax output (2 for binary).
         image_size: side S of the square float32 input [N, S, S, 3] with raw 0..255 pixels.
+        input_stats: (mean, std) per channel from :func:`channel_statistics`; needed only when
+            ``config.input_scaling`` is "standardise".
 
     Returns:
         An uncompiled ``keras.Model`` whose output layer "probabilities" is a softmax.
@@ -77,7 +132,7 @@ def build_cnn(config: CNNConfig, num_classes: int, image_size: int) -> keras.Mod
     dropouts = list(config.block_dropout) + [0.0] * (len(config.filters) - len(config.block_dropout))
 
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name=IMAGE)
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = input_scaling(config, input_stats)(inputs)
     size = image_size
     for block, (filters, rate) in enumerate(zip(config.filters, dropouts), start=1):
         padding = config.first_padding if block == 1 else "same"
