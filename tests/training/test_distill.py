@@ -119,3 +119,21 @@ def test_views_are_lowered_to_fit_the_memory_budget_but_never_below_two():
     assert views_that_fit(8, tiles, 60) == 5                # 60 MiB hold 5 views of 12 MiB
     assert views_that_fit(8, np.zeros((5000, 224, 224, 3), np.uint8), 2048) == 2   # 718 MiB a view
     assert load_config(None, []).distill.teacher_views == 8
+
+
+def test_student_standardises_with_the_statistics_of_the_images_it_fits(tmp_path):
+    from histoedge.training.models.cnn import channel_statistics
+
+    config = load_config(None, ["model.input_scaling=standardise", "distill.filters=[4]", "distill.dense_units=[4]",
+                                "distill.block_dropout=[0.0]", "distill.epochs=1", "augmentation.preset=none"],
+                         image_size=16)
+    rng = np.random.default_rng(0)
+    images = rng.integers(120, 256, (12, 16, 16, 3)).astype(np.uint8)
+    labels = np.arange(12) % 2
+    teacher = np.where(labels[:, None] == 1, [0.2, 0.8], [0.9, 0.1]).astype(np.float32)
+    model = distill_module.fit_student(config, (images, labels, teacher), (images[:4], labels[:4], teacher[:4]),
+                                       2, tmp_path, verbose=0)
+    mean, std = channel_statistics(images)
+    layer = model.get_layer("standardise").get_config()
+    assert layer["offset"] == pytest.approx([-m / s for m, s in zip(mean, std)])
+    assert layer["scale"] == pytest.approx([1 / s for s in std])
