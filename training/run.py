@@ -49,6 +49,11 @@ THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (inde
 # Sections that only concern the distilled student: a finished run may gain (or retrain) one.
 _STUDENT_ONLY = {"distill"}
 _RUN_OUTPUTS = ("metrics.json", ENSEMBLE_FILE, "predictions.npz", "report.md", "report.html")
+# Keys added after runs were written whose default trains exactly as the code before them did,
+# so a run whose config.yaml lacks them held that value and may resume.  (training.onset is not
+# here: its default changed how members train, so an older run must not mix with it.)
+_ADDED_WITH_OLD_BEHAVIOUR = {("model", "kernel_initializer"): "glorot_uniform",
+                             ("model", "input_scaling"): "unit"}
 
 
 
@@ -74,6 +79,9 @@ def check_resumable(run_dir: Path, config) -> None:
     from histoedge.training.config import TrainConfig
     for key, default in yaml.safe_load(TrainConfig().to_yaml()).items():
         old.setdefault(key, default)  # a section added after the run was written held its defaults
+    for (section, key), value in _ADDED_WITH_OLD_BEHAVIOUR.items():
+        if isinstance(old.get(section), dict):
+            old[section].setdefault(key, value)
     changed = _differences(old, yaml.safe_load(config.to_yaml()))
     if changed:
         raise RunError(f"{run_dir} holds a run with a different configuration ({'; '.join(changed[:3])}); "

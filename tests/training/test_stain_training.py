@@ -72,3 +72,22 @@ def test_a_run_written_before_the_preprocess_section_still_resumes(tmp_path):
     check_resumable(tmp_path, load_config())
     with pytest.raises(RunError, match="preprocess.stain_normalisation"):
         check_resumable(tmp_path, load_config(None, ["preprocess.stain_normalisation=reinhard"]))
+
+
+def test_a_run_written_before_later_model_keys_resumes_only_at_their_old_behaviour(tmp_path):
+    import yaml
+
+    from histoedge.training.errors import RunError
+    from histoedge.training.run import check_resumable
+
+    written = yaml.safe_load(load_config().to_yaml())
+    del written["model"]["input_scaling"], written["model"]["kernel_initializer"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    check_resumable(tmp_path, load_config())
+    with pytest.raises(RunError, match="model.input_scaling: 'unit' -> 'standardise'"):
+        check_resumable(tmp_path, load_config(None, ["model.input_scaling=standardise"]))
+    # a key whose default changed how members train is not filled in: such a run is refused
+    del written["training"]["onset"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    with pytest.raises(RunError, match="training.onset"):
+        check_resumable(tmp_path, load_config())
