@@ -79,7 +79,7 @@ def ensure_run(image_size: int, members: int = 4, *, name: str | None = None, st
     import keras
 
     from histoedge.training.models import CNNConfig
-    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.models.cnn import build_cnn, channel_statistics
 
     tmp = run.with_name(run.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,7 +95,8 @@ def ensure_run(image_size: int, members: int = 4, *, name: str | None = None, st
     for recipe in recipes:
         folder = tmp / "members" / recipe
         folder.mkdir(parents=True)
-        build_cnn(model_config, len(CLASSES), image_size).save(folder / "model.keras")
+        stats = channel_statistics(synthetic_images(48, image_size, seed=1))  # the dataset written below
+        build_cnn(model_config, len(CLASSES), image_size, stats).save(folder / "model.keras")
         (folder / "metrics.json").write_text("{}\n")
         (folder / "history.csv").write_text("epoch,loss\n")
         (folder / "DONE").write_text("")

@@ -111,7 +111,7 @@ def epoch_times(size: int, n: int, batch_size: int, epochs: int) -> dict[str, An
     import keras
 
     from histoedge.training.models import CNNConfig
-    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.models.cnn import build_cnn, channel_statistics
 
     images = synthetic_images(n, size, seed=4)
     labels = np.arange(n) % 2
@@ -126,7 +126,7 @@ def epoch_times(size: int, n: int, batch_size: int, epochs: int) -> dict[str, An
 
     for name, build in (("ours", ours), ("seed", seeds)):
         keras.utils.set_random_seed(0)
-        model = build_cnn(CNNConfig(), 2, size)
+        model = build_cnn(CNNConfig(), 2, size, channel_statistics(images))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
         timer = EpochTimer()
         timer.times = []

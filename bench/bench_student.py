@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from histoedge.export.graph import EnsembleSpec, build_ensemble_model
     from histoedge.export.quantize import INT8_DEFAULT, quantize_int8
     from histoedge.training.config import load_config
-    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.models.cnn import build_cnn, channel_statistics
 
     size = args.image_size
     fp32, _, _, calibration, _, _ = build(argparse.Namespace(run=None, members=4, image_size=size, calibration=32))
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     for name, fields in CANDIDATES.items():
         config = load_config(None, [f"model.{k}={json.dumps(v)}" for k, v in fields.items()] +
                              [f"model.block_dropout={json.dumps([0.0] * len(fields['filters']))}"])
-        keras_model = build_cnn(config.model, 2, size)
+        keras_model = build_cnn(config.model, 2, size, channel_statistics(calibration))
         params[name] = int(keras_model.count_params())
         graph = build_ensemble_model([convert_member(KerasMember(keras_model), 17)], spec)
         models[name] = quantize_int8(graph, calibration, INT8_DEFAULT).SerializeToString()

@@ -99,7 +99,8 @@ class PreprocessConfig(Section):
 
 @dataclass
 class CNNConfig(Section):
-    """The regularised CNN. Defaults reproduce the seed's base CNN ("custom CNN model 1").
+    """The regularised CNN. Defaults reproduce the seed's base CNN ("custom CNN model 1"), with
+    its inputs standardised instead of divided by 255 (``input_scaling``).
 
     Args:
         filters: conv filters per block; its length is the depth. Each block is
@@ -123,13 +124,15 @@ class CNNConfig(Section):
         kernel_initializer: initial weights of every hidden conv/dense kernel: "glorot_uniform"
             (Keras' default, the seed's) or "he_normal" / "he_uniform" (scaled for ReLU, so the
             signal keeps its size through a deep plain net).
-        input_scaling: what the custom CNN does to raw 0..255 pixels first: "unit" divides by
-            255 (the seed's), "standardise" subtracts each channel's mean over the member's
-            training images and divides by its standard deviation (the two are fixed into the
-            model, so export and serving see raw pixels as before). Centred inputs matter to a
-            net without batch normalisation: stain-normalised tiles are bright and alike, and
-            the ``class_weight`` recipe (L2 and head dropout) stayed at a constant output on
-            them with "unit".  Backbones bring their own preprocessing and refuse this key.
+        input_scaling: what the custom CNN does to raw 0..255 pixels first: "standardise"
+            (default) subtracts each channel's mean over the member's training images and
+            divides by its standard deviation (the two are fixed into the model, so export and
+            serving see raw pixels as before); "unit" divides by 255, as the seed did. Centred
+            inputs matter to a net without batch normalisation: tissue tiles are bright, so
+            with "unit" the first layer sees mostly their common offset, and on stain-normalised
+            tiles the ``class_weight`` recipe (L2 and head dropout) stayed at a constant output.
+            The one departure from the seed's base CNN. Backbones bring their own preprocessing
+            and ignore this key.
         backbone: "custom" (this CNN) or a Keras Applications backbone by name ("resnet50",
             "efficientnetb0", "mobilenetv3small", "densenet121"; see
             :mod:`training.models.backbones`). A backbone is followed by global average pooling
@@ -158,7 +161,7 @@ class CNNConfig(Section):
     global_pool: bool = False
     activation: str = setting("relu", choices=ACTIVATIONS)
     kernel_initializer: str = setting("glorot_uniform", choices=KERNEL_INITIALIZERS)
-    input_scaling: str = setting("unit", choices=INPUT_SCALINGS)
+    input_scaling: str = setting("standardise", choices=INPUT_SCALINGS)
     backbone: str = "custom"
     weights: str | None = None
 
@@ -174,9 +177,6 @@ class CNNConfig(Section):
         self.require(self.weights is None or self.backbone != "custom",
                      "model.weights needs a pretrained backbone (model.backbone); the custom CNN "
                      "always starts from random weights")
-        self.require(self.input_scaling == "unit" or self.backbone == "custom",
-                     f"model.input_scaling={self.input_scaling} applies to the custom CNN; the "
-                     f"{self.backbone} backbone brings its own preprocessing")
 
     def get_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

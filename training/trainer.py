@@ -191,7 +191,8 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
                           f"got {epochs}, {batch_size}")
 
     # Statistics of the images as given, before oversampling, so every recipe sees the same scaling.
-    input_stats = channel_statistics(x_train) if cfg.model.input_scaling == "standardise" else None
+    standardise = cfg.model.input_scaling == "standardise" and cfg.model.backbone == "custom"
+    input_stats = channel_statistics(x_train) if standardise else None
     seed = member_seed(cfg.seed, recipe.name if attempt == 0 else f"{recipe.name}/attempt{attempt}")
     keras.utils.set_random_seed(seed)
     x_train, y_train, class_weight = apply_imbalance(

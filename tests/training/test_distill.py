@@ -124,7 +124,7 @@ def test_views_are_lowered_to_fit_the_memory_budget_but_never_below_two():
 def test_student_standardises_with_the_statistics_of_the_images_it_fits(tmp_path):
     from histoedge.training.models.cnn import channel_statistics
 
-    config = load_config(None, ["model.input_scaling=standardise", "distill.filters=[4]", "distill.dense_units=[4]",
+    config = load_config(None, ["distill.filters=[4]", "distill.dense_units=[4]",
                                 "distill.block_dropout=[0.0]", "distill.epochs=1", "augmentation.preset=none"],
                          image_size=16)
     rng = np.random.default_rng(0)

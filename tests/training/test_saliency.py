@@ -11,16 +11,17 @@ def test_grad_cam_maps_have_the_tiles_shape_and_are_not_constant():
     import keras
 
     from histoedge.training.config import CNNConfig
-    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.models.cnn import build_cnn, channel_statistics
 
     keras.utils.set_random_seed(0)
-    model = build_cnn(CNNConfig(filters=[8, 16], dense_units=[8], block_dropout=[0, 0]), 2, 32)
     rng = np.random.default_rng(0)
     images = np.full((64, 32, 32, 3), (225, 170, 210), np.uint8)
     labels = np.arange(64) % 2
     for image, label in zip(images, labels):  # class = which half holds the dark blob
         x, y = rng.integers(2, 10), rng.integers(2, 24)
         image[y:y + 6, x + 16 * label:x + 16 * label + 6] = (60, 20, 120)
+    model = build_cnn(CNNConfig(filters=[8, 16], dense_units=[8], block_dropout=[0, 0]), 2, 32,
+                      channel_statistics(images))
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.fit(images.astype(np.float32), labels, epochs=10, batch_size=16, verbose=0)
     images = images[:6]

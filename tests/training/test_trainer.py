@@ -280,7 +280,7 @@ def test_standardise_takes_the_statistics_of_the_training_images_before_oversamp
     from histoedge.training.models.cnn import channel_statistics
     from histoedge.training.trainer import prepare_member
 
-    config = load_config(overrides=TINY + ["model.input_scaling=standardise"], epochs=1, image_size=32)
+    config = load_config(overrides=TINY, epochs=1, image_size=32)       # standardise is the default
     images, labels = tiny_data(n=40)
     train, val = (images[:30], labels[:30]), (images[30:], labels[30:])
     plan = prepare_member(get_recipe("oversample", config), config, train, val, ["a", "b"], None)
@@ -290,6 +290,6 @@ def test_standardise_takes_the_statistics_of_the_training_images_before_oversamp
     assert layer["scale"] == pytest.approx([1 / s for s in std])
     assert layer["offset"] == pytest.approx([-m / s for m, s in zip(mean, std)])
     assert mean != pytest.approx(channel_statistics(plan.train[0])[0])
-    default = load_config(overrides=TINY, epochs=1, image_size=32)
-    unit = prepare_member(get_recipe("focal", default), default, train, val, ["a", "b"], None)
+    seeds = load_config(overrides=TINY + ["model.input_scaling=unit"], epochs=1, image_size=32)
+    unit = prepare_member(get_recipe("focal", seeds), seeds, train, val, ["a", "b"], None)
     assert "rescale" in [layer.name for layer in unit.model.layers]

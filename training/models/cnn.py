@@ -6,9 +6,10 @@ Only standard Keras layers, regularisers and constraints are used, so a saved mo
 Example::
 
     from histoedge.training.config import CNNConfig
-    from histoedge.training.models.cnn import build_cnn
+    from histoedge.training.models.cnn import build_cnn, channel_statistics
 
-    model = build_cnn(CNNConfig(regularizer="l2", l2=1e-4, batch_norm=True), 2, 64)
+    stats = channel_statistics(train_images)       # the default input_scaling standardises
+    model = build_cnn(CNNConfig(regularizer="l2", l2=1e-4, batch_norm=True), 2, 64, stats)
     model.output_names   # ['probabilities']
 """
 
