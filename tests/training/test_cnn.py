@@ -149,7 +149,7 @@ def test_standardise_centres_the_training_images_and_reloads_without_custom_obje
     config = CNNConfig(**TINY, input_scaling="standardise")
     model = build_cnn(config, 2, 32, channel_statistics(images))
     assert "rescale" not in [layer.name for layer in model.layers]
-    first = keras.Model(model.inputs, model.get_layer("standardise").output)
+    first = keras.Model(model.inputs[0], model.get_layer("standardise").output)
     scaled = keras.ops.convert_to_numpy(first(images))
     assert np.abs(scaled.mean((0, 1, 2))).max() < 1e-3
     assert np.abs(scaled.std((0, 1, 2)) - 1).max() < 1e-3
