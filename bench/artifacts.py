@@ -92,10 +92,10 @@ def ensure_run(image_size: int, members: int = 4, *, name: str | None = None, st
         from histoedge.training.distill import student_model_config
 
         model_config = student_model_config(load_config(None, []))
+    stats = channel_statistics(synthetic_images(48, image_size, seed=1))  # the dataset written below
     for recipe in recipes:
         folder = tmp / "members" / recipe
         folder.mkdir(parents=True)
-        stats = channel_statistics(synthetic_images(48, image_size, seed=1))  # the dataset written below
         build_cnn(model_config, len(CLASSES), image_size, stats).save(folder / "model.keras")
         (folder / "metrics.json").write_text("{}\n")
         (folder / "history.csv").write_text("epoch,loss\n")

@@ -143,7 +143,7 @@ def fit_student(config: TrainConfig, train, val, num_classes: int, out_dir: Path
     from histoedge.training.callbacks.history import HistoryCSV
     from histoedge.training.callbacks.plateau import ReduceLROnPlateau
     from histoedge.training.losses.distillation import DistillationLoss
-    from histoedge.training.models.cnn import build_cnn, channel_statistics
+    from histoedge.training.models.cnn import build_cnn, input_statistics
     from histoedge.training.schedules import build_optimizer, build_schedule
     from histoedge.training.trainer import member_seed, save_model
 
@@ -153,8 +153,7 @@ def fit_student(config: TrainConfig, train, val, num_classes: int, out_dir: Path
     keras.utils.set_random_seed(seed)
     images = train[0]
     student = student_model_config(config)
-    stats = channel_statistics(images) if student.input_scaling == "standardise" else None
-    model = build_cnn(student, num_classes, int(images.shape[1]), stats)
+    model = build_cnn(student, num_classes, int(images.shape[1]), input_statistics(student, images))
     schedule = build_schedule(config.optimizer, math.ceil(len(images) / batch), epochs)
     model.compile(optimizer=build_optimizer(config.optimizer, schedule),
                   loss=DistillationLoss(temperature=d.temperature, alpha=d.alpha))

@@ -173,7 +173,7 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
     from histoedge.training.callbacks.history import HistoryCSV
     from histoedge.training.imbalance import apply_imbalance, class_counts
     from histoedge.training.models.backbones import build_model
-    from histoedge.training.models.cnn import channel_statistics
+    from histoedge.training.models.cnn import input_statistics
 
     cfg = recipe.resolve(config)
     num_classes = len(classes)
@@ -191,8 +191,7 @@ def prepare_member(recipe: Recipe, config: TrainConfig, train_data: tuple[np.nda
                           f"got {epochs}, {batch_size}")
 
     # Statistics of the images as given, before oversampling, so every recipe sees the same scaling.
-    standardise = cfg.model.input_scaling == "standardise" and cfg.model.backbone == "custom"
-    input_stats = channel_statistics(x_train) if standardise else None
+    input_stats = input_statistics(cfg.model, x_train)
     seed = member_seed(cfg.seed, recipe.name if attempt == 0 else f"{recipe.name}/attempt{attempt}")
     keras.utils.set_random_seed(seed)
     x_train, y_train, class_weight = apply_imbalance(

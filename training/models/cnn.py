@@ -98,6 +98,14 @@ def channel_statistics(images: np.ndarray, chunk: int = 512) -> tuple[list[float
     return [float(m) for m in mean], [float(max(s, MIN_CHANNEL_STD)) for s in std]
 
 
+def input_statistics(config: CNNConfig, images: np.ndarray) -> tuple[list[float], list[float]] | None:
+    """What ``build_cnn``/``build_model`` need as ``input_stats`` for ``config``: the channel
+    statistics of ``images`` when the custom CNN standardises, else None."""
+    if config.input_scaling == "standardise" and config.backbone == "custom":
+        return channel_statistics(images)
+    return None
+
+
 def input_scaling(config: CNNConfig, input_stats: tuple[Sequence[float], Sequence[float]] | None):
     """The first layer: raw pixels / 255, or standardised with the training images' statistics."""
     if config.input_scaling == "unit":
