@@ -120,10 +120,18 @@ class KerasMember:
         return np.concatenate(chunks, axis=0).astype(np.float64)
 
 
+# A Normalization layer adapted on 0..1 images has channel means at most 1; one adapted
+# on raw pixels has means of tens to hundreds of grey levels.
+_RAW_PIXEL_MEAN = 1.5
+
+
 def has_rescaling(model: Any) -> bool:
-    """Whether the model contains a Rescaling layer (SavedModel: a 'rescaling' op name)."""
+    """Whether the model scales raw 0..255 pixels itself: a Rescaling layer, or a
+    Normalization layer whose means show it was adapted on raw pixels (SavedModel: a
+    'rescaling' op name)."""
     if hasattr(model, "layers"):
-        return any(_is_rescaling(layer) for layer in _walk_layers(model))
+        return any(_is_rescaling(layer) or _normalises_raw_pixels(layer)
+                   for layer in _walk_layers(model))
     graph = model.signatures["serving_default"].graph.as_graph_def()
     return any("rescaling" in node.name.lower()
                for function in graph.library.function for node in function.node_def)
@@ -138,6 +146,13 @@ def _walk_layers(model):
 
 def _is_rescaling(layer) -> bool:
     return type(layer).__name__ == "Rescaling"
+
+
+def _normalises_raw_pixels(layer) -> bool:
+    if type(layer).__name__ != "Normalization" or getattr(layer, "invert", False):
+        return False
+    mean = getattr(layer, "mean", None)
+    return mean is not None and float(np.max(np.asarray(mean))) > _RAW_PIXEL_MEAN
 
 
 def convert_member(member: KerasMember, opset: int = DEFAULT_OPSET):
@@ -161,4 +176,31 @@ def convert_member(member: KerasMember, opset: int = DEFAULT_OPSET):
             serve, input_signature=signature, opset=opset, large_model=False)
     except Exception as error:
         raise ExportError(f"tf2onnx could not convert the model: {error}") from error
+    _inline_captured_constants(model_proto, _captured_constants(serve.get_concrete_function(*signature)))
     return model_proto
+
+
+def _captured_constants(concrete) -> dict[str, np.ndarray]:
+    """Values of the tensors a traced function captured, by their name inside the graph.
+
+    Variables are captured as resource handles and frozen by tf2onnx; plain tensors
+    (a Keras 3 Normalization layer's mean and variance) are not, and would otherwise
+    become extra graph inputs that a client has to feed.
+    """
+    tf = _tf()
+    return {internal.name: external.numpy()
+            for external, internal in concrete.graph.captures
+            if internal.dtype != tf.resource and hasattr(external, "numpy")}
+
+
+def _inline_captured_constants(model_proto, constants: dict[str, np.ndarray]) -> None:
+    """Turn graph inputs other than ``x`` into initializers holding the captured values."""
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    graph = model_proto.graph
+    for graph_input in [i for i in graph.input if i.name != MEMBER_INPUT]:
+        if graph_input.name not in constants:
+            raise ExportError(f"the converted model has an extra input {graph_input.name!r} that "
+                              "is not a captured constant; export needs a model with one image input")
+        graph.initializer.append(numpy_helper.from_array(constants[graph_input.name], graph_input.name))
+        graph.input.remove(graph_input)

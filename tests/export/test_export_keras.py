@@ -95,3 +95,28 @@ def test_standardising_cnn_is_recognised_as_taking_raw_pixels(tmp_path):
     expected = model.predict(images.astype(np.float32), verbose=0)
     probabilities, _ = predict(make_session(tmp_path / "models" / "std" / "1" / "model.onnx"), images)
     assert np.abs(probabilities - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("adapted_on", ["raw", "unit"])
+def test_normalization_layer_is_frozen_into_the_graph(adapted_on, tmp_path):
+    """Keras 3 keeps a Normalization layer's statistics as plain tensors, which tf2onnx
+    would turn into extra graph inputs; export folds them in and reads which pixel range
+    the layer was adapted on."""
+    import keras
+
+    rng = np.random.default_rng(9)
+    images = rng.integers(40, 256, (12, 32, 32, 3), dtype=np.uint8)
+    scale = 1.0 if adapted_on == "raw" else 1 / 255
+    norm = keras.layers.Normalization()
+    norm.adapt(images.astype(np.float32) * scale)
+    inputs = keras.Input((32, 32, 3))
+    hidden = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(norm(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    model.save(tmp_path / "norm.keras")
+    manifest = export_keras(tmp_path / "norm.keras", ("benign", "malignant"), tmp_path / "models", "n")
+    assert manifest.extra["input_scale"] == pytest.approx(scale)
+    session = make_session(tmp_path / "models" / "n" / "1" / "model.onnx")
+    assert len(session.get_inputs()) == 1
+    expected = model.predict(images.astype(np.float32) * scale, verbose=0)
+    probabilities, _ = predict(session, images)
+    assert np.abs(probabilities - expected).max() <= 1e-4
