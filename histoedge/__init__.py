@@ -18,7 +18,10 @@ __all__ = ["HistoedgeError", "__version__"]
 class HistoedgeError(Exception):
     """A problem with the user's input or environment.
 
-    The command line prints the message on one line and exits with status 2,
-    without a traceback.  Library callers can catch it like any exception; each
-    stage derives its own errors from it (``histoedge.<stage>.errors``).
+    The command line prints the message on one line and exits with ``exit_status``
+    (2 unless a subclass says otherwise), without a traceback.  Library callers can
+    catch it like any exception; each stage derives its own errors from it
+    (``histoedge.<stage>.errors``).
     """
+
+    exit_status = 2

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_resolve(handler)(args) or 0)
     except HistoedgeError as error:
         print(f"histoedge {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_status
     except KeyboardInterrupt:
         print(f"histoedge {args.command}: interrupted", file=sys.stderr)
         return 130

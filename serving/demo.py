@@ -3,7 +3,9 @@
 Each step runs the real ``histoedge`` subcommand in a child process, exactly as
 a user would, so the demo imports no stage itself.  Re-running it reuses what
 earlier runs finished: training resumes, and an export of the same run is
-reused instead of adding another model version.
+reused instead of adding another model version.  A run left by a version of
+histoedge with other training defaults cannot resume; it is moved aside, never
+deleted, and trained afresh.
 
 The output is written for a person: TensorFlow's, tf2onnx's and onnxruntime's INFO
 lines are silenced (``histoedge -v demo`` shows everything), training shows one
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from histoedge import HistoedgeError
 from histoedge.export.manifest import MANIFEST_FILE, version_folders
+from histoedge.training.errors import RunConfigChanged
 
 MODEL_NAME = "breast"
 HEALTH_TIMEOUT_S = 120.0
@@ -95,10 +98,20 @@ class _StepProgress:
 
 def _histoedge_with_progress(title: str, *args: str) -> None:
     """Run a long step with progress bars; print its other output; show everything on failure."""
-    if _verbose:
-        _histoedge(*args)
-        return
     print("$ histoedge " + " ".join(args), flush=True)
+    if _verbose:
+        returncode, hidden = subprocess.run(_command(args), env=_env()).returncode, []
+    else:
+        returncode, hidden = _run_with_progress(title, args)
+    if returncode == RunConfigChanged.exit_status:
+        raise _Superseded(f"'histoedge {args[0]}' refused to resume a run made with other settings")
+    if returncode != 0:  # what was hidden may explain the failure
+        print("\n".join(hidden[-20:]), file=sys.stderr)
+        raise HistoedgeError(f"'histoedge {args[0]}' failed with exit code {returncode}")
+
+
+def _run_with_progress(title: str, args: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Run a child with progress bars; returns its exit code and the lines the bars replaced."""
     progress, hidden = _StepProgress(title), []
     with subprocess.Popen(_command(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=_env(), bufsize=1) as child:
@@ -112,9 +125,29 @@ def _histoedge_with_progress(title: str, *args: str) -> None:
                 else:
                     print(text, flush=True)
         progress.close()
-    if child.returncode != 0:  # what was hidden may explain the failure
-        print("\n".join(hidden[-20:]), file=sys.stderr)
-        raise HistoedgeError(f"'histoedge {args[0]}' failed with exit code {child.returncode}")
+    return child.returncode, hidden
+
+
+class _Superseded(HistoedgeError):
+    """Training refused to resume a run made with another configuration."""
+
+
+def _train(data: Path, run: Path, repo: Path, image_size: int) -> None:
+    """Train, or resume; a run from an older version's defaults is moved aside with its exports."""
+    args = ("train", "--ensemble", "--data", str(data), "--out", str(run), "--image-size", str(image_size),
+            "--quiet")
+    try:
+        _histoedge_with_progress("training member", *args)
+        return
+    except _Superseded:
+        aside = run.parent / time.strftime("superseded-%Y%m%dT%H%M%SZ", time.gmtime())
+        aside.mkdir()
+        for folder in (run, repo):
+            if folder.exists():
+                folder.rename(aside / folder.name)
+        print(f"{run} was trained with other settings (an older histoedge); moved it and its "
+              f"exports to {aside} and training afresh", flush=True)
+    _histoedge_with_progress("training member", *args)
 
 
 def _free_port() -> int:
@@ -202,8 +235,7 @@ def cli_demo(args) -> int:
     if not (data / "BreaKHis_v1").exists():
         _histoedge("data", "synth", "--out", str(data), "--n", str(args.n),
                    "--size", str(max(args.image_size, 64)))
-    _histoedge_with_progress("training member", "train", "--ensemble", "--data", str(data), "--out", str(run),
-                             "--image-size", str(args.image_size), "--quiet")
+    _train(data, run, repo, args.image_size)
     version_dir = _existing_export(repo, run, args.precision)
     if version_dir is None:
         _histoedge_with_progress("export", "export", "--run", str(run), "--repo", str(repo),

@@ -1,6 +1,7 @@
 """Errors of the training stage, all under :class:`histoedge.HistoedgeError`.
 
-The command line prints any of them as one line and exits with status 2.
+The command line prints any of them as one line and exits with status 2
+(3 for :class:`RunConfigChanged`, so that scripts can tell it apart).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class EnsembleError(TrainingError):
 
 class RunError(TrainingError):
     """A run directory that cannot be (re)used as asked."""
+
+
+class RunConfigChanged(RunError):
+    """The --out folder holds a run trained with another configuration, so it cannot be resumed."""
+
+    exit_status = 3
 
 
 class ReportError(TrainingError):

@@ -32,7 +32,7 @@ import yaml
 
 from histoedge.export.ensemble_spec import ENSEMBLE_FILE
 from histoedge.training.bootstrap import cluster_ids, paired_difference
-from histoedge.training.errors import RunError
+from histoedge.training.errors import RunConfigChanged, RunError
 from histoedge.training.ensemble import fit_ensemble
 from histoedge.training.metrics import evaluate, macro_roc_auc
 from histoedge.training.patients import patient_metrics
@@ -84,7 +84,7 @@ def check_resumable(run_dir: Path, config) -> None:
             old[section].setdefault(key, value)
     changed = _differences(old, yaml.safe_load(config.to_yaml()))
     if changed:
-        raise RunError(f"{run_dir} holds a run with a different configuration ({'; '.join(changed[:3])}); "
+        raise RunConfigChanged(f"{run_dir} holds a run with a different configuration ({'; '.join(changed[:3])}); "
                        "use a new --out folder or delete the old one")
 
 

@@ -1,8 +1,14 @@
-"""``histoedge demo`` helpers: reuse of an earlier export, and the choice of held-out images."""
+"""``histoedge demo`` helpers: reuse of an earlier export, the choice of held-out images, and a
+run left by an older version."""
 
 import json
 
-from histoedge.serving.demo import MODEL_NAME, _existing_export, _held_out_images
+import pytest
+import yaml
+
+import histoedge.serving.demo as demo
+from histoedge.serving.demo import MODEL_NAME, _existing_export, _held_out_images, _Superseded
+from tests.training.conftest import write_image_folder
 
 
 def _write_version(repo, version, source, precision):
@@ -57,3 +63,37 @@ def test_held_out_images_are_copied_to_short_names(tmp_path):
     short = _copy_short([str(deep / "SOB_B_A-14-1-40-001.png")], tmp_path / "held-out")
     assert short == ["held-out/SOB_B_A-14-1-40-001.png"]
     assert (tmp_path / short[0]).read_bytes() == b"png"
+
+
+def test_training_that_refuses_a_run_with_other_settings_is_recognised(tmp_path):
+    """A real ``histoedge train`` child exits with its own status, and nothing in the run is touched."""
+    data = write_image_folder(tmp_path / "data", per_class=(6, 6))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed": 12345}))
+    with pytest.raises(_Superseded):
+        demo._histoedge_with_progress("training member", "train", "--ensemble", "--data", str(data),
+                                      "--out", str(run), "--image-size", "32", "--quiet")
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]
+    assert yaml.safe_load((run / "config.yaml").read_text()) == {"seed": 12345}
+
+
+def test_a_superseded_run_is_moved_aside_with_its_exports_and_trained_afresh(tmp_path, monkeypatch):
+    run, repo = tmp_path / "run", tmp_path / "models"
+    (run / "members").mkdir(parents=True)
+    (run / "config.yaml").write_text("old")
+    (repo / MODEL_NAME / "1").mkdir(parents=True)
+    calls = []
+
+    def train_step(title, *args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise _Superseded("refused")
+        assert not run.exists() and not repo.exists()  # the second attempt starts from nothing
+
+    monkeypatch.setattr(demo, "_histoedge_with_progress", train_step)
+    demo._train(tmp_path / "data", run, repo, 64)
+    assert len(calls) == 2 and calls[0] == calls[1] and "--ensemble" in calls[0]
+    (aside,) = tmp_path.glob("superseded-*")
+    assert (aside / "run" / "config.yaml").read_text() == "old"
+    assert (aside / "models" / MODEL_NAME / "1").is_dir()

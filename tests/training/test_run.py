@@ -12,6 +12,7 @@ import histoedge.cli
 import histoedge.training.run as run_module
 from histoedge import HistoedgeError
 from histoedge.training.ensemble import Ensemble
+from histoedge.training.errors import RunConfigChanged
 from histoedge.training.report import load_predictions
 
 TINY = ["model.filters=[8, 16]", "model.block_dropout=[0.0, 0.0]", "model.dense_units=[16]",
@@ -117,7 +118,7 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     other = folder_factory(tmp_path / "other", seed=5)
     with pytest.raises(HistoedgeError, match="different set of images"):
         run_module.cli_train(_args(other, run, ensemble=True, members=["class_weight", "focal"]))
-    with pytest.raises(HistoedgeError, match="different configuration"):
+    with pytest.raises(RunConfigChanged, match="different configuration"):
         run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"], epochs=2))
     assert (run / "metrics.json").is_file()
 
