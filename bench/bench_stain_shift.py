@@ -13,7 +13,7 @@ stored reference (``RUN/stain.json``) and :meth:`StainReference.normalise`.
 
 Usage::
 
-    python bench/bench_stain_shift.py                 # 1200 images, 64 px, 16 epochs (~25 min, loaded 2 cores)
+    python bench/bench_stain_shift.py                 # 1200 images, 64 px, 16 epochs x 3 training seeds (~10 min on 2 idle cores)
     python bench/bench_stain_shift.py --quick         # a smoke run
 """
 
@@ -86,42 +86,58 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--shift", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="trainings per condition, with training seeds seed, seed+1, ... (same data; "
+                             "the seed also draws the patient split)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side")
     parser.add_argument("--quick", action="store_true", help="200 images, 2 epochs")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.epochs = 200, 2
+        args.n, args.epochs, args.repeats = 200, 2, 1
     work = args.work / f"n{args.n}-s{args.size}-e{args.epochs}-shift{args.shift:g}-seed{args.seed}"
     data, shifted = work / "data", work / "shifted"
     for root, shift in ((data, 0.0), (shifted, args.shift)):
         if not root.exists():
             run_checked([*histoedge_command(), "data", "synth", "--out", str(root), "--n", str(args.n),
                          "--size", str(args.size), "--seed", str(args.seed), "--stain-shift", str(shift)])
-    def train(name):
-        run_dir = work / "runs" / _slug(name)
+    def train(job):
+        name, repeat = job
+        run_dir = work / "runs" / f"{_slug(name)}-t{repeat}"
         # Always through `train`: a finished run is reused (its member is skipped), and a run
         # cached under other defaults is refused instead of silently scored again.
         sets = [part for o in [*MODEL, *CONDITIONS[name], "evaluation.bootstrap=0"] for part in ("--set", o)]
         run_checked([*histoedge_command(), "train", "--data", str(data), "--out", str(run_dir),
-                    "--epochs", str(args.epochs), "--image-size", str(args.size),
-                    "--seed", str(args.seed), "--quiet", *sets],
-                    log=work / f"train-{_slug(name)}.log", env=quiet_env())
+                     "--epochs", str(args.epochs), "--image-size", str(args.size),
+                     "--seed", str(args.seed + repeat), "--quiet", *sets],
+                    log=work / f"train-{_slug(name)}-t{repeat}.log", env=quiet_env())
         return run_dir
 
+    jobs = [(name, repeat) for name in CONDITIONS for repeat in range(args.repeats)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        run_dirs = dict(zip(CONDITIONS, pool.map(train, CONDITIONS)))
+        run_dirs = dict(zip(jobs, pool.map(train, jobs)))
     results = []
-    for name, run_dir in run_dirs.items():
-        same, other, fallbacks = test_auc(run_dir, data, shifted)
-        results.append({"condition": name, "auc_same_lab": same, "auc_shifted_lab": other,
-                        "drop": same - other, "fallbacks_shifted": fallbacks})
-        print(f"{name:<28} same lab {same:.3f}  shifted lab {other:.3f}", flush=True)
-    table = md_table(["training condition", "test ROC-AUC, same lab", "test ROC-AUC, shifted lab",
-                      "drop", "tiles left unnormalised (shifted)"],
-                     [[r["condition"], f"{r['auc_same_lab']:.3f}", f"{r['auc_shifted_lab']:.3f}",
+    for name in CONDITIONS:
+        scored = [test_auc(run_dirs[(name, repeat)], data, shifted) for repeat in range(args.repeats)]
+        same, other = np.array([s[0] for s in scored]), np.array([s[1] for s in scored])
+        results.append({"condition": name, "auc_same_lab": float(same.mean()),
+                        "auc_shifted_lab": float(other.mean()), "drop": float((same - other).mean()),
+                        "auc_same_lab_each": same.tolist(), "auc_shifted_lab_each": other.tolist(),
+                        "fallbacks_shifted": int(sum(s[2] for s in scored))})
+        print(f"{name:<28} same lab {same.mean():.3f}  shifted lab {other.mean():.3f}", flush=True)
+
+    def spread(values):
+        return f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    table = md_table(["training condition", "test ROC-AUC, same lab: mean (range)",
+                      "test ROC-AUC, shifted lab: mean (range)", "mean drop",
+                      "tiles left unnormalised (shifted, all trainings)"],
+                     [[r["condition"], spread(r["auc_same_lab_each"]), spread(r["auc_shifted_lab_each"]),
                        f"{r['drop']:+.3f}", r["fallbacks_shifted"]] for r in results])
-    body = (f"One model (`class_weight` recipe, CNN {' '.join(MODEL)}) per row, trained {args.epochs} epochs on {args.n} synthetic "
-            f"images at {args.size} px (seed {args.seed}); the test patients scored as generated and "
+    body = (f"One model (`class_weight` recipe, CNN {' '.join(MODEL)}) per row and training seed, "
+            f"{args.repeats} training seeds ({args.seed}-{args.seed + args.repeats - 1}; a seed sets the "
+            f"patient split, the initial weights and the augmentation, and every condition gets the same "
+            f"split for a seed), trained {args.epochs} epochs on {args.n} synthetic "
+            f"images at {args.size} px (data seed {args.seed}); the test patients scored as generated and "
             f"re-generated with `--stain-shift {args.shift:g}` (same tissue, another lab's stain).\n\n"
             f"Reproduce: `python bench/bench_stain_shift.py`\n\n{table}\n")
     write_results("stain_shift", {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
