@@ -1,0 +1,95 @@
+"""Is the ensemble worse than its best member, or is that chance over several comparisons?
+
+For each finished run (``histoedge train --ensemble``), test ROC-AUC of the ensemble minus each
+member on the same resampled test patients (paired cluster bootstrap), shown three ways:
+
+* the per-comparison 95% interval, as ``metrics.json`` and the report give it;
+* a bootstrap p-value per comparison with Holm's adjustment over the run's members, which
+  controls the chance of any false "member better" among them (the family-wise error);
+* the same comparisons for a plain mean of the members' probabilities, which needs no fitting:
+  if it misses too, no choice of meta-learner would have met "never worse than any member".
+
+Example::
+
+    python bench/ensemble_vs_members.py runs/std12cv runs/std19cv --out bench/results/ensemble_vs_members.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (monotone, capped at 1), in the input order."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p, kind="stable")
+    adjusted, running = np.empty_like(p), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def bootstrap_p(differences) -> float:
+    """Two-sided bootstrap p-value of a difference being 0: twice the smaller tail share."""
+    d = np.asarray(differences, np.float64)
+    return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+
+
+def compare(run: Path, rounds: int, seed: int) -> list[dict]:
+    from histoedge.training.bootstrap import cluster_ids, cluster_resamples, percentile_interval
+    from histoedge.training.metrics import macro_roc_auc
+    from histoedge.training.report import load_predictions
+
+    with open(run / "splits.csv", newline="") as handle:
+        test = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+    predictions = load_predictions(run)
+    y, members = predictions["test_labels"], predictions["members"]
+    clusters = cluster_ids([r["patient"] or None for r in test], len(y))
+    resamples = [i for _, i in cluster_resamples(clusters, rounds, seed)]
+    combined = {"ensemble": predictions["test"]["ensemble"],
+                "mean of members": np.mean([predictions["test"][m] for m in members], axis=0)}
+    rows = []
+    for name, probs in combined.items():
+        found = []
+        for member in members:
+            other = predictions["test"][member]
+            d = [macro_roc_auc(y[i], probs[i]) - macro_roc_auc(y[i], other[i]) for i in resamples]
+            found.append({"run": run.name, "model": name, "versus": member,
+                          "difference": macro_roc_auc(y, probs) - macro_roc_auc(y, other),
+                          "ci": percentile_interval(d, LEVEL), "p": bootstrap_p(d)})
+        for item, adjusted in zip(found, holm([f["p"] for f in found])):
+            item["p_holm"] = float(adjusted)
+        rows += found
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished ensemble run directories")
+    parser.add_argument("--rounds", type=int, default=4000, help="patient resamples (default 4000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    args = parser.parse_args(argv)
+    lines = ["| run | combined | minus member | difference (95% CI, paired) | p | p, Holm over members |",
+             "|---|---|---|---|---|---|"]
+    for run in args.runs:
+        for r in compare(run, args.rounds, args.seed):
+            flag = " **member better**" if r["ci"][1] < 0 else ""
+            lines.append(f"| {r['run']} | {r['model']} | {r['versus']} | {r['difference']:+.4f} "
+                         f"({r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}){flag} | {r['p']:.3f} | {r['p_holm']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
