@@ -25,25 +25,8 @@ import numpy as np
 LEVEL = 0.95
 
 
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (monotone, capped at 1), in the input order."""
-    p = np.asarray(p_values, np.float64)
-    order = np.argsort(p, kind="stable")
-    adjusted, running = np.empty_like(p), 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
-
-
-def bootstrap_p(differences) -> float:
-    """Two-sided bootstrap p-value of a difference being 0: twice the smaller tail share."""
-    d = np.asarray(differences, np.float64)
-    return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
-
-
 def compare(run: Path, rounds: int, seed: int) -> list[dict]:
-    from histoedge.training.bootstrap import cluster_ids, cluster_resamples, percentile_interval
+    from histoedge.training.bootstrap import bootstrap_p, cluster_ids, cluster_resamples, holm, percentile_interval
     from histoedge.training.metrics import macro_roc_auc
     from histoedge.training.report import load_predictions
 

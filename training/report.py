@@ -268,13 +268,18 @@ def _comparison_blocks(metrics: dict) -> list[tuple]:
     for c in comparisons:
         verdict = "better" if c["a_better"] else "worse" if c["b_better"] else "no significant difference"
         interval = f"{c['ci'][0]:.3f} to {c['ci'][1]:.3f}" if c["ci"] else "n/a"
-        rows.append([c["model"], c["versus"], _fmt(c["difference"]), interval, verdict])
+        rows.append([c["model"], c["versus"], _fmt(c["difference"]), interval, verdict,
+                     _fmt(c.get("p")), _fmt(c.get("p_holm"))])
     return [("h", 2, "The ensemble against its members"),
             ("p", f"Fair baseline: {selected['name']}, the member with the highest validation ROC-AUC (what one "
                   f"would have picked without an ensemble; test ROC-AUC {_fmt(selected['test_roc_auc'])}). Best member "
                   f"on test: {best['name']} ({_fmt(best['test_roc_auc'])}). Below: test ROC-AUC difference, with a "
-                  "paired 95% interval from resampling test patients (both models scored on the same patients)."),
-            ("table", ["Model", "Versus", "ROC-AUC difference", "95% interval", "Verdict"], rows)]
+                  "paired 95% interval from resampling test patients (both models scored on the same patients). "
+                  "The verdict reads each interval alone; with several members, one of them can look better by "
+                  "chance, so the last column adjusts the bootstrap p-value over the members (Holm): below 0.05 "
+                  "is a difference that holds for the family."),
+            ("table", ["Model", "Versus", "ROC-AUC difference", "95% interval", "Verdict", "p", "p, Holm over members"],
+             rows)]
 
 
 def render_markdown(blocks, run_dir) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from histoedge.export.ensemble_spec import ENSEMBLE_FILE
-from histoedge.training.bootstrap import cluster_ids, paired_difference
+from histoedge.training.bootstrap import cluster_ids, holm, paired_difference
 from histoedge.training.errors import RunConfigChanged, RunError
 from histoedge.training.ensemble import fit_ensemble
 from histoedge.training.metrics import evaluate, macro_roc_auc
@@ -411,7 +411,8 @@ def judge_ensemble(models: dict, names, test_y, ensembles_test: dict, members_te
     ``selected_member``: the member with the highest validation ROC-AUC, i.e. the one a user would
     have picked without an ensemble (the fair baseline); ``best_test_member``: the best on test
     (an optimistic baseline).  ``comparisons``: test ROC-AUC of each ensemble minus each member,
-    with a paired patient-bootstrap 95% interval (both scored on the same resampled patients).
+    with a paired patient-bootstrap 95% interval (both scored on the same resampled patients), its
+    bootstrap p-value and, against members, that p-value adjusted by Holm over the members.
     """
     def auc(split, name):
         value = models[name][split].get("roc_auc")
@@ -422,11 +423,17 @@ def judge_ensemble(models: dict, names, test_y, ensembles_test: dict, members_te
     comparisons = []
     for key, probs in ensembles_test.items():
         others = [*names, *(["ensemble_validation_fit"] if key == "ensemble" and len(ensembles_test) > 1 else [])]
+        found = []
         for other in others:
             other_probs = members_test.get(other, ensembles_test.get(other))
             diff = paired_difference(macro_roc_auc, test_y, probs, other_probs, clusters,
                                      rounds=config.evaluation.bootstrap, seed=config.seed)
-            comparisons.append({"model": key, "versus": other, "metric": "roc_auc", **diff})
+            found.append({"model": key, "versus": other, "metric": "roc_auc", **diff})
+        # one ensemble against all its members is a family of tests: Holm over the members
+        adjusted = holm([c["p"] for c in found if c["versus"] in names])
+        for comparison, p_holm in zip((c for c in found if c["versus"] in names), adjusted):
+            comparison["p_holm"] = p_holm
+        comparisons += found
     return {"selected_member": {"name": selected, "rule": "highest validation ROC-AUC",
                                 "val_roc_auc": models[selected]["val"].get("roc_auc"),
                                 "test_roc_auc": models[selected]["test"].get("roc_auc")},

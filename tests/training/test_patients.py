@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histoedge.training.bootstrap import cluster_ids, cluster_resamples, paired_difference
+from histoedge.training.bootstrap import bootstrap_p, cluster_ids, cluster_resamples, holm, paired_difference
 from histoedge.training.metrics import bootstrap_intervals, macro_roc_auc
 from histoedge.training.patients import aggregate, patient_metrics, patient_units, recognition_rate
 
@@ -86,3 +86,19 @@ def test_paired_difference_is_paired_and_signed():
     assert better["a_better"] and not better["b_better"] and better["ci"][0] > 0
     same = paired_difference(macro_roc_auc, y, good, good, clusters, rounds=100)
     assert same["difference"] == 0 and same["ci"] == [0.0, 0.0] and not (same["a_better"] or same["b_better"])
+    assert better["p"] == 0.0 and same["p"] == 1.0  # every resample above 0; every resample a tie
+
+
+def test_bootstrap_p_is_twice_the_smaller_tail():
+    assert bootstrap_p([-1, 1, 2, 3]) == 0.5
+    assert bootstrap_p([1, 2, 3, 4]) == 0.0
+    assert bootstrap_p([0, 0]) == 1.0
+    assert bootstrap_p([np.nan]) is None
+
+
+def test_holm_steps_down_and_stays_monotone():
+    # sorted 0.01, 0.02, 0.04, 0.30 -> 4*0.01, 3*0.02, max(0.06, 2*0.04), max(0.08, 1*0.30)
+    assert holm([0.04, 0.01, 0.30, 0.02]) == pytest.approx([0.08, 0.04, 0.30, 0.06])
+    # a later, smaller product never goes below an earlier one; nothing exceeds 1; None is kept
+    assert holm([0.01, 0.011, 0.5]) == pytest.approx([0.03, 0.03, 0.5])
+    assert holm([0.6, None, 0.7]) == [1.0, None, 1.0]

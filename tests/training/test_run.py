@@ -11,6 +11,7 @@ import yaml
 import histoedge.cli
 import histoedge.training.run as run_module
 from histoedge import HistoedgeError
+from histoedge.training.bootstrap import holm
 from histoedge.training.ensemble import Ensemble
 from histoedge.training.errors import RunConfigChanged
 from histoedge.training.report import load_predictions
@@ -100,9 +101,13 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert [(c["model"], c["versus"]) for c in metrics["comparisons"]] == [("ensemble", "class_weight"),
                                                                           ("ensemble", "focal")]
     assert all(len(c["ci"]) == 2 and c["ci"][0] <= c["difference"] <= c["ci"][1] for c in metrics["comparisons"])
+    p_values = [c["p"] for c in metrics["comparisons"]]
+    assert [c["p_holm"] for c in metrics["comparisons"]] == pytest.approx(holm(p_values))
+    assert all(c["p_holm"] >= c["p"] for c in metrics["comparisons"])
     assert metrics["ensemble_fit"] == "validation"
     report = (run / "report.md").read_text()
     assert "The ensemble against its members" in report and "carry no patient ids" in report
+    assert "p, Holm over members" in report
 
     # Second run: both members are DONE, so nothing is retrained.
     import histoedge.training.trainer as trainer_module
