@@ -84,8 +84,8 @@ def check_resumable(run_dir: Path, config) -> None:
             old[section].setdefault(key, value)
     changed = _differences(old, yaml.safe_load(config.to_yaml()))
     if changed:
-        raise RunConfigChanged(f"{run_dir} holds a run with a different configuration ({'; '.join(changed[:3])}); "
-                       "use a new --out folder or delete the old one")
+        raise RunConfigChanged(f"{run_dir} holds a run with a different configuration "
+                               f"({'; '.join(changed[:3])}); use a new --out folder or delete the old one")
 
 
 def resolve_splits(run_dir: Path, dataset, config) -> dict:
