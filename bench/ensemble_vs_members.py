@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-LEVEL = 0.95
-
 
 def compare(run: Path, rounds: int, seed: int) -> list[dict]:
-    from histoedge.training.bootstrap import bootstrap_p, cluster_ids, cluster_resamples, holm, percentile_interval
+    from histoedge.training.bootstrap import cluster_ids, holm, paired_difference
     from histoedge.training.metrics import macro_roc_auc
     from histoedge.training.report import load_predictions
 
@@ -35,18 +33,14 @@ def compare(run: Path, rounds: int, seed: int) -> list[dict]:
     predictions = load_predictions(run)
     y, members = predictions["test_labels"], predictions["members"]
     clusters = cluster_ids([r["patient"] or None for r in test], len(y))
-    resamples = [i for _, i in cluster_resamples(clusters, rounds, seed)]
     combined = {"ensemble": predictions["test"]["ensemble"],
                 "mean of members": np.mean([predictions["test"][m] for m in members], axis=0)}
     rows = []
     for name, probs in combined.items():
-        found = []
-        for member in members:
-            other = predictions["test"][member]
-            d = [macro_roc_auc(y[i], probs[i]) - macro_roc_auc(y[i], other[i]) for i in resamples]
-            found.append({"run": run.name, "model": name, "versus": member,
-                          "difference": macro_roc_auc(y, probs) - macro_roc_auc(y, other),
-                          "ci": percentile_interval(d, LEVEL), "p": bootstrap_p(d)})
+        found = [{"run": run.name, "model": name, "versus": member,
+                  **paired_difference(macro_roc_auc, y, probs, predictions["test"][member], clusters,
+                                      rounds=rounds, seed=seed)}
+                 for member in members]
         for item, adjusted in zip(found, holm([f["p"] for f in found])):
             item["p_holm"] = float(adjusted)
         rows += found

@@ -430,8 +430,8 @@ def judge_ensemble(models: dict, names, test_y, ensembles_test: dict, members_te
                                      rounds=config.evaluation.bootstrap, seed=config.seed)
             found.append({"model": key, "versus": other, "metric": "roc_auc", **diff})
         # one ensemble against all its members is a family of tests: Holm over the members
-        adjusted = holm([c["p"] for c in found if c["versus"] in names])
-        for comparison, p_holm in zip((c for c in found if c["versus"] in names), adjusted):
+        against_members = [c for c in found if c["versus"] in names]
+        for comparison, p_holm in zip(against_members, holm([c["p"] for c in against_members])):
             comparison["p_holm"] = p_holm
         comparisons += found
     return {"selected_member": {"name": selected, "rule": "highest validation ROC-AUC",
