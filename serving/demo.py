@@ -51,8 +51,14 @@ def _env() -> dict[str, str]:
             "ORT_LOGGING_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 
 
-def _command(args: tuple[str, ...]) -> list[str]:
-    return [sys.executable, "-m", "histoedge", *(["-v"] if _verbose else []), *args]
+def _command(args: tuple[str, ...], *, verbose: bool | None = None) -> list[str]:
+    """The child command for ``histoedge ARGS``, run by this interpreter.
+
+    ``-P`` keeps the working directory off ``sys.path``: run from inside another checkout, its
+    ``histoedge/`` folder would otherwise shadow the installed package in every child.
+    """
+    verbose = _verbose if verbose is None else verbose
+    return [sys.executable, "-P", "-m", "histoedge", *(["-v"] if verbose else []), *args]
 
 
 def _histoedge(*args: str, capture: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -201,7 +207,7 @@ def _wait_healthy(server: subprocess.Popen, address: str) -> None:
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise HistoedgeError(f"the server exited early with code {server.returncode}")
-        probe = subprocess.run([sys.executable, "-m", "histoedge", "health", "--server", address],
+        probe = subprocess.run(_command(("health", "--server", address), verbose=False),
                                capture_output=True, text=True, env=_env())
         if probe.returncode == 0:
             return
@@ -252,8 +258,8 @@ def cli_demo(args) -> int:
     port, metrics_port, http_port = _free_port(), _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "histoedge", "serve", "--repo", str(repo), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port)],
+        _command(("serve", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(port),
+                  "--metrics-port", str(metrics_port), "--http-port", str(http_port)), verbose=False),
         env={**_env(), "PYTHONUNBUFFERED": "1"})
     try:
         _wait_healthy(server, address)

@@ -97,3 +97,22 @@ def test_a_superseded_run_is_moved_aside_with_its_exports_and_trained_afresh(tmp
     (aside,) = tmp_path.glob("superseded-*")
     assert (aside / "run" / "config.yaml").read_text() == "old"
     assert (aside / "models" / MODEL_NAME / "1").is_dir()
+
+
+def test_child_commands_ignore_a_histoedge_folder_in_the_working_directory(tmp_path):
+    """Run from inside another checkout, the demo's children must still run the installed package."""
+    import subprocess
+
+    import histoedge
+
+    shadow = tmp_path / "histoedge"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    (shadow / "__main__.py").write_text("raise SystemExit('shadowed')\n")
+    result = subprocess.run(demo._command(("--version",), verbose=False), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert histoedge.__version__ in result.stdout
+    # the same child without -P would pick up the folder: the test above checks the fix, not luck
+    command = [part for part in demo._command(("--version",), verbose=False) if part != "-P"]
+    assert "shadowed" in subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120).stderr
