@@ -179,6 +179,24 @@ def write_results(name: str, data: dict[str, Any], title: str, body: str, quick:
     return path
 
 
+def add_output_options(parser, *, json_help: str | None = "also write the figures here") -> None:
+    """``--out`` (markdown) and, unless ``json_help`` is None, ``--json`` for the evaluation scripts,
+    which print their table and write it only where asked (their results are named by the runs)."""
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    if json_help is not None:
+        parser.add_argument("--json", type=Path, help=json_help)
+
+
+def emit(args, text: str, data: Any = None) -> None:
+    """Print ``text``; write it to ``args.out`` and ``data`` to ``args.json`` where those were given."""
+    print(text)
+    for path, content in ((getattr(args, "out", None), text),
+                          (getattr(args, "json", None), None if data is None else json.dumps(data, indent=2) + "\n")):
+        if path is not None and content is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+
+
 # ----------------------------------------------------------------------------- processes
 
 def free_port() -> int:

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_output_options, emit  # noqa: E402
 
 
 def compare(run: Path, rounds: int, seed: int) -> list[dict]:
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="finished ensemble run directories")
     parser.add_argument("--rounds", type=int, default=4000, help="patient resamples (default 4000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    add_output_options(parser, json_help=None)
     args = parser.parse_args(argv)
     lines = ["| run | combined | minus member | difference (95% CI, paired) | p | p, Holm over members |",
              "|---|---|---|---|---|---|"]
@@ -61,10 +65,7 @@ def main(argv=None) -> int:
             flag = " **member better**" if r["ci"][1] < 0 else ""
             lines.append(f"| {r['run']} | {r['model']} | {r['versus']} | {r['difference']:+.4f} "
                          f"({r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}){flag} | {r['p']:.3f} | {r['p_holm']:.3f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(args, "\n".join(lines) + "\n")
     return 0
 
 

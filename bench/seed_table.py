@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_output_options, emit  # noqa: E402
 
 SENSITIVITY_GOAL = 0.93
 LABELS = {"ensemble": "ensemble, cross-fitted stacking", "ensemble_validation_fit": "ensemble, validation-fitted stacking"}
@@ -72,8 +76,7 @@ def run_rows(run: Path) -> tuple[list[str], dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
-    parser.add_argument("--json", type=Path, help="also write the per-run facts here")
+    add_output_options(parser, json_help="also write the per-run facts here")
     args = parser.parse_args(argv)
 
     lines = ["| run | model | val ROC-AUC | test ROC-AUC (95% CI, patients resampled) | patient-level ROC-AUC "
@@ -89,12 +92,7 @@ def main(argv=None) -> int:
     lines += ["", f"Ensemble test sensitivity >= {SENSITIVITY_GOAL} on every run: {'yes' if met else '**no**'} "
               f"({', '.join(format(f['ensemble_sensitivity'], '.3f') for f in facts)}).",
               f"No member significantly better than the ensemble on any run: {'yes' if never_worse else '**no**'}."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(facts, indent=2) + "\n")
+    emit(args, "\n".join(lines) + "\n", facts)
     return 0
 
 

@@ -24,9 +24,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_output_options, emit  # noqa: E402
 
 GOAL = 0.93
 ROUNDS = 4000
@@ -114,8 +118,7 @@ def analyse(run: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories with ensemble.cv_folds set")
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     results = [analyse(run) for run in args.runs]
     lines = [f"| run | threshold | malignant patients, out-of-fold / test | predicted splits below {GOAL} "
@@ -131,12 +134,7 @@ def main(argv=None) -> int:
             f"{strict['test_sensitivity']:.3f} / {strict['test_specificity']:.3f} |"]))
     every = float(np.prod([1 - r["predicted_share_below_goal"] for r in results]))
     lines += ["", f"Predicted chance that every one of these {len(results)} runs reaches {GOAL}: {every:.0%}."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(args, "\n".join(lines) + "\n", results)
     return 0
 
 
