@@ -10,9 +10,10 @@ For every finished cross-fitted run this prints, from the run's own out-of-fold 
   the goal;
 * the lowest median P(malignant) of a malignant patient, out-of-fold and on test: a test patient
   below every out-of-fold one is one no rule fitted on those patients could anticipate;
-* a stricter rule for comparison: the highest threshold at which 90% of such splits (as many
-  malignant patients as the validation split) reach the target, and its test sensitivity and
-  specificity.  It bounds a split's sensitivity instead of the mean, at the cost of specificity.
+* a stricter rule for comparison, ``ensemble.threshold_rule=split_lower_bound``: the highest
+  threshold at which 90% of such splits (as many malignant patients as the validation split)
+  reach the target, and its test sensitivity and specificity.  It bounds a split's sensitivity
+  instead of the mean, at the cost of specificity.
 
 Example::
 
@@ -54,17 +55,6 @@ def split_sensitivities(hits: np.ndarray, sizes: np.ndarray, m: int, rounds: int
     return (counts @ hits) / (totals[:, None] if hits.ndim == 2 else totals)
 
 
-def split_bound_threshold(scores_by_patient: dict, m: int, target: float, confidence: float = 0.9,
-                          rounds: int = ROUNDS, seed: int = 0) -> float:
-    """Highest threshold at which a ``confidence`` share of ``m``-patient splits reach ``target``."""
-    groups = list(scores_by_patient.values())
-    candidates = np.unique(np.concatenate(groups))[::-1]
-    hits = np.stack([np.searchsorted(np.sort(-g), -candidates, side="right") for g in groups])
-    sizes = np.array([len(g) for g in groups])
-    low = np.percentile(split_sensitivities(hits, sizes, m, rounds, seed), 100 * (1 - confidence), axis=0)
-    return float(candidates[int(np.argmax(low >= target - 1e-12))])
-
-
 def _by_patient(scores, positive, patients) -> dict:
     """Scores of the positive rows, grouped by patient."""
     groups: dict[str, list] = {}
@@ -78,6 +68,7 @@ def analyse(run: Path) -> dict:
     """The figures above for one cross-fitted run directory."""
     from histoedge.training.ensemble import Ensemble
     from histoedge.training.report import load_predictions
+    from histoedge.training.thresholds import select_threshold
 
     ensemble = Ensemble.load(run / "ensemble.json")
     positive_class = ensemble.positive_class or 1
@@ -99,7 +90,9 @@ def analyse(run: Path) -> dict:
     groups = list(oof_groups.values())
     spread = split_sensitivities(np.array([np.sum(g >= threshold) for g in groups]), np.array([len(g) for g in groups]),
                                  len(test_groups))
-    strict = split_bound_threshold(oof_groups, val_positive, target)
+    strict = select_threshold("split_lower_bound", oof_y, oof_p, target=target, confidence=0.9, rounds=ROUNDS,
+                              patients=[patient[i] for i in index], positive_class=positive_class,
+                              split_patients=val_positive)["threshold"]
     positive = test_y == positive_class
     return {"run": run.name, "threshold": threshold, "target": target, "goal": GOAL,
             "oof_malignant_patients": len(oof_groups), "test_malignant_patients": len(test_groups),

@@ -291,7 +291,7 @@ class TrainingConfig(Section):
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
 
-THRESHOLD_RULES = ("patient_lower_bound", "validation_point")
+THRESHOLD_RULES = ("patient_lower_bound", "validation_point", "split_lower_bound")
 THRESHOLD_DATA = ("auto", "validation", "out_of_fold")
 STACKING_WEIGHTS = ("non_negative", "free")
 PATIENT_AGGREGATIONS = ("mean", "median", "max")
@@ -308,9 +308,14 @@ class EnsembleConfig(Section):
         fit_vote_weights: soft vote only; False gives uniform weights.
         threshold_rule: "patient_lower_bound" (the highest threshold whose patient-bootstrap lower
             bound of validation sensitivity reaches the target: a margin that grows as validation
-            patients get fewer) or "validation_point" (the highest threshold whose validation
-            sensitivity itself reaches the target, the earlier rule).
+            patients get fewer), "validation_point" (the highest threshold whose validation
+            sensitivity itself reaches the target, the earlier rule) or "split_lower_bound" (the
+            highest threshold at which ``threshold_confidence`` of small cohorts reach the target:
+            a bound on one test split or acceptance cohort rather than on the mean, at a cost in
+            specificity).
         threshold_confidence: one-sided level of that lower bound (0.9: the 10th percentile).
+        threshold_split_patients: positive patients per cohort for "split_lower_bound"; 0: as many
+            as the validation split holds.
         cv_folds: 0 (off) or K >= 2: fit the meta-learner on out-of-fold predictions from
             patient-grouped K-fold training over train+validation (costs K more trainings of every
             member).
@@ -331,6 +336,7 @@ class EnsembleConfig(Section):
     fit_vote_weights: bool = True
     threshold_rule: str = setting("patient_lower_bound", choices=THRESHOLD_RULES)
     threshold_confidence: float = setting(0.9, low=0.5, high=1, high_open=True)
+    threshold_split_patients: int = setting(0, low=0)
     cv_folds: int = setting(0, low=0, high=20)
     threshold_on: str = setting("auto", choices=THRESHOLD_DATA)
     stacking_weights: str = setting("non_negative", choices=STACKING_WEIGHTS)

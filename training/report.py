@@ -218,6 +218,12 @@ def _threshold_text(metrics: dict, classes) -> str:
                 f"{target} ({rule.get('val_patients')} positive patients; lower bound "
                 f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, {kind} sensitivity "
                 f"{_fmt(rule.get('val_sensitivity'))}): ensemble threshold {threshold}.")
+    if rule.get("rule") == "split_lower_bound":
+        return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold at which "
+                f"{100 * rule['confidence']:.0f}% of cohorts of {rule.get('split_patients')} positive patients "
+                f"(drawn from {rule.get('val_patients')}) reach sensitivity {target} (that share's lower bound "
+                f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, {kind} sensitivity "
+                f"{_fmt(rule.get('val_sensitivity'))}): ensemble threshold {threshold}.")
     return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold "
             f"with {kind} sensitivity >= {target}: ensemble threshold {threshold}.")
 

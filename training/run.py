@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # Config keys that only change how finished members are combined or scored; a resumed run may change them.
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
                    ("ensemble", "members"), ("ensemble", "threshold_rule"), ("ensemble", "threshold_confidence"),
-                   ("ensemble", "cv_folds"), ("ensemble", "threshold_on"), ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
+                   ("ensemble", "threshold_split_patients"), ("ensemble", "cv_folds"), ("ensemble", "threshold_on"),
+                   ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
                    ("recipe",)}
 THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
 # Sections that only concern the distilled student: a finished run may gain (or retrain) one.
@@ -309,12 +310,17 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
     member_probs = train_members(names, config, dataset, splits, run_dir, verbose=verbose, cluster=cluster,
                                  backup_dir=backup_dir)
 
+    # A cohort for split_lower_bound is the size of the validation split's positive patients, wherever
+    # the threshold is chosen (out-of-fold predictions hold several times as many).
+    cohort = config.ensemble.threshold_split_patients or len(set(cluster_ids(val_patients)[val_y == 1].tolist()))
+
     def threshold_for(val_p, labels=val_y, on_patients=val_patients, data="validation"):
         if not binary:
             return None
         return {**select_threshold(config.ensemble.threshold_rule, labels, val_p[:, 1], target=target,
                                    patients=on_patients, confidence=config.ensemble.threshold_confidence,
-                                   rounds=THRESHOLD_ROUNDS, seed=config.seed), "chosen_on": data}
+                                   rounds=THRESHOLD_ROUNDS, seed=config.seed, split_patients=cohort),
+                "chosen_on": data}
 
     def score(name, val_p, test_p, choice):
         return score_model(name, val_y, val_p, test_y, test_p, threshold=choice and choice["threshold"],

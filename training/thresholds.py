@@ -6,6 +6,12 @@
   validation sensitivity (one-sided, level ``confidence``) reaches the target.  Resampling patients
   (:mod:`histoedge.training.bootstrap`) makes the margin grow as validation patients get fewer or
   differ more from each other; with one image per patient it is an image bootstrap.
+* ``split_lower_bound``: the highest threshold at which a ``confidence`` share of small cohorts
+  (``split_patients`` positive patients drawn from the given ones) reach the target.  The default
+  rule bounds the *mean* sensitivity over many patients; a test split or a local acceptance
+  cohort holds only a handful of positive patients, and its sensitivity spreads around that mean.
+  This rule bounds one such cohort instead, at a cost in specificity
+  (``bench/results/evaluation.md``, "the spread of a small split").
 
 Example::
 
@@ -21,9 +27,10 @@ import math
 import numpy as np
 
 from histoedge.training.bootstrap import cluster_draws, cluster_ids
+from histoedge.training.config import THRESHOLD_RULES
 from histoedge.training.errors import EnsembleError
 
-RULES = ("patient_lower_bound", "validation_point")
+RULES = THRESHOLD_RULES
 
 
 def _positives(y_true, positive_probs, positive_class: int):
@@ -54,13 +61,8 @@ def sensitivity_lower_bounds(y_true, positive_probs, clusters, *, confidence: fl
     """
     positive, scores = _positives(y_true, positive_probs, positive_class)
     clusters = np.asarray(clusters, dtype=np.int64)
-    candidates = np.unique(scores[positive])[::-1]
     n_clusters = int(clusters.max()) + 1
-    # hits[g, j]: positives of cluster g with score >= candidates[j]
-    first = np.searchsorted(-candidates, -scores[positive])  # index of each positive's own score
-    hits = np.zeros((n_clusters, candidates.size))
-    np.add.at(hits, (clusters[positive], first), 1.0)
-    hits = np.cumsum(hits, axis=1)
+    candidates, hits = _hits(scores[positive], clusters[positive], n_clusters)
     counts = np.stack([np.bincount(row, minlength=n_clusters) for row in cluster_draws(n_clusters, rounds, seed)])
     totals = counts @ hits[:, -1]
     keep = totals > 0
@@ -68,8 +70,40 @@ def sensitivity_lower_bounds(y_true, positive_probs, clusters, *, confidence: fl
     return candidates, np.percentile(sensitivity, 100 * (1 - confidence), axis=0)
 
 
+def split_lower_bounds(y_true, positive_probs, clusters, *, split_patients: int, confidence: float = 0.9,
+                       rounds: int = 1000, seed: int = 0, positive_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidate thresholds, descending; lower bound of one cohort's sensitivity at each)``.
+
+    A cohort is ``split_patients`` positive patients drawn with replacement from the positive
+    patients given; its sensitivity counts images, as a test split's does.
+    """
+    positive, scores = _positives(y_true, positive_probs, positive_class)
+    if split_patients < 1:
+        raise EnsembleError(f"a cohort needs at least one positive patient, got {split_patients}")
+    # Positive patients only, numbered in order of first appearance.
+    owners = cluster_ids([int(c) for c in np.asarray(clusters, dtype=np.int64)[positive]])
+    n_patients = int(owners.max()) + 1
+    candidates, hits = _hits(scores[positive], owners, n_patients)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n_patients, int(split_patients)), minlength=n_patients)
+                       for _ in range(int(rounds))])
+    sensitivity = (counts @ hits) / (counts @ hits[:, -1])[:, None]
+    return candidates, np.percentile(sensitivity, 100 * (1 - confidence), axis=0)
+
+
+def _hits(positive_scores: np.ndarray, owners: np.ndarray, n_owners: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidates, hits)``: the distinct positive scores, descending, and hits[g, j], the
+    positives of cluster g scoring at least candidates[j]."""
+    candidates = np.unique(positive_scores)[::-1]
+    first = np.searchsorted(-candidates, -positive_scores)  # index of each positive's own score
+    hits = np.zeros((n_owners, candidates.size))
+    np.add.at(hits, (owners, first), 1.0)
+    return candidates, np.cumsum(hits, axis=1)
+
+
 def select_threshold(rule: str, y_true, positive_probs, *, target: float, patients=None, confidence: float = 0.9,
-                     rounds: int = 1000, seed: int = 0, positive_class: int = 1) -> dict:
+                     rounds: int = 1000, seed: int = 0, positive_class: int = 1,
+                     split_patients: int | None = None) -> dict:
     """Choose a threshold by rule name; returns what was chosen and why (JSON-ready).
 
     Args:
@@ -78,12 +112,14 @@ def select_threshold(rule: str, y_true, positive_probs, *, target: float, patien
         positive_probs: validation P(positive) [N].
         target: sensitivity target in (0, 1).
         patients: patient id per row (None entries, or None for all: each row its own patient).
-        confidence: one-sided level of the lower bound (``patient_lower_bound``).
-        rounds: bootstrap resamples (``patient_lower_bound``).
+        confidence: one-sided level of the lower bound (``patient_lower_bound``, ``split_lower_bound``).
+        rounds: bootstrap resamples (the two bound rules).
+        split_patients: positive patients per cohort (``split_lower_bound``); None: as many as
+            there are positive patients in the rows given.
 
     Returns:
         ``{"rule", "threshold", "target", "confidence", "val_sensitivity", "val_sensitivity_lower_bound",
-        "val_patients"}`` (the last three where they apply).
+        "val_patients", "split_patients"}`` (those that apply).
     """
     if rule not in RULES:
         raise EnsembleError(f"unknown threshold rule {rule!r}; expected one of {', '.join(RULES)}")
@@ -94,8 +130,16 @@ def select_threshold(rule: str, y_true, positive_probs, *, target: float, patien
     if rule == "validation_point":
         threshold = point_threshold(y_true, scores, target, positive_class)
     else:
-        candidates, lower = sensitivity_lower_bounds(y_true, scores, clusters, confidence=confidence,
-                                                     rounds=rounds, seed=seed, positive_class=positive_class)
+        if rule == "split_lower_bound":
+            if split_patients is None:
+                split_patients = len(np.unique(clusters[y_true == positive_class]))
+            candidates, lower = split_lower_bounds(y_true, scores, clusters, split_patients=split_patients,
+                                                   confidence=confidence, rounds=rounds, seed=seed,
+                                                   positive_class=positive_class)
+            result["split_patients"] = int(split_patients)
+        else:
+            candidates, lower = sensitivity_lower_bounds(y_true, scores, clusters, confidence=confidence,
+                                                         rounds=rounds, seed=seed, positive_class=positive_class)
         # Sensitivity only grows as the threshold falls, and the lowest candidate keeps every positive.
         j = int(np.argmax(lower >= target - 1e-12))
         threshold = float(candidates[j])

@@ -141,6 +141,16 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert metrics["models"]["ensemble_validation_fit"]["threshold"] is not None
     assert "out-of-fold predictions over train+validation" in (run / "report.md").read_text()
 
+    # The cohort rule is a recombination too: its cohort is the validation split's positive patients,
+    # even though the threshold is chosen on the larger out-of-fold pool.
+    assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"],
+                                      extra=["ensemble.cv_folds=2", "ensemble.threshold_rule=split_lower_bound"])) == 0
+    chosen = json.loads((run / "metrics.json").read_text())["threshold_rule"]
+    assert chosen["rule"] == "split_lower_bound" and chosen["chosen_on"].startswith("out_of_fold")
+    assert chosen["split_patients"] == positives["val"] < chosen["val_patients"]
+    assert Ensemble.load(run / "ensemble.json").threshold == pytest.approx(chosen["threshold"])
+    assert f"of cohorts of {positives['val']} positive patients" in (run / "report.md").read_text()
+
 
 def test_three_class_ensemble_uses_multinomial_stacking(folder_factory, tmp_path):
     data = folder_factory(tmp_path / "data3", classes=("a", "b", "c"), per_class=(16, 16, 16))

@@ -1,4 +1,4 @@
-"""Threshold rules: today's point rule by name, and the patient-bootstrap margin."""
+"""Threshold rules: today's point rule by name, the patient-bootstrap margin, and the cohort bound."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from histoedge import HistoedgeError
 from histoedge.training.bootstrap import cluster_ids
 from histoedge.training.ensemble import choose_threshold
-from histoedge.training.thresholds import select_threshold, sensitivity_lower_bounds
+from histoedge.training.thresholds import select_threshold, sensitivity_lower_bounds, split_lower_bounds
 
 
 def _validation(n_patients, per_patient=15, seed=0):
@@ -60,3 +60,58 @@ def test_images_without_patients_are_their_own_cluster_and_errors():
         select_threshold("patient_lower_bound", np.zeros(5, int), np.ones(5), target=0.9)
     with pytest.raises(HistoedgeError, match="unknown threshold rule"):
         select_threshold("youden", y, s, target=0.9)
+
+
+def _cohort_rows(groups: dict) -> tuple[np.ndarray, np.ndarray, list]:
+    """Positive rows from ``{patient: scores}`` plus one negative row (ignored by the rule)."""
+    patients = [p for p, scores in groups.items() for _ in scores] + ["negative"]
+    scores = np.concatenate([*groups.values(), [0.0]])
+    return np.r_[np.ones(len(scores) - 1, int), 0], scores, patients
+
+
+def test_split_bound_holds_for_a_small_cohort_not_for_the_mean():
+    easy = {f"p{i}": np.array([0.9, 0.8]) for i in range(10)}
+    y, s, patients = _cohort_rows(easy)
+    # every cohort keeps every image at 0.8
+    assert select_threshold("split_lower_bound", y, s, target=0.95, patients=patients,
+                            split_patients=9)["threshold"] == 0.8
+    # one patient with a single low image.  A 9-patient cohort holds it twice or more with chance
+    # 1 - (10/11)^9 - 9 (1/11) (10/11)^8 = 0.19, more than 1 in 10, and then at most 16 of 18
+    # images (0.889) are found at 0.8, below 0.9
+    y, s, patients = _cohort_rows({**easy, "low": np.array([0.1])})
+    choice = select_threshold("split_lower_bound", y, s, target=0.9, patients=patients, split_patients=9)
+    assert choice["threshold"] == 0.1 and choice["split_patients"] == 9
+    # in 200-patient cohorts it is drawn 18 times on average (23 at the 90th percentile): 0.8 still
+    # finds 0.94 of the images in 90% of them
+    assert select_threshold("split_lower_bound", y, s, target=0.9, patients=patients,
+                            split_patients=200)["threshold"] == 0.8
+    # From a pool of 41 patients the default rule bounds the mean over 41: the low image costs at most
+    # a few of ~82, so 0.8 keeps 0.95.  A 9-patient cohort holds it with chance 1 - (40/41)^9 = 0.20,
+    # and then finds at most 16 of 17 images (0.941): the cohort rule must go down to 0.1.
+    y, s, patients = _cohort_rows({**{f"p{i}": np.array([0.9, 0.8]) for i in range(40)}, "low": np.array([0.1])})
+    assert select_threshold("patient_lower_bound", y, s, target=0.95, patients=patients)["threshold"] == 0.8
+    assert select_threshold("split_lower_bound", y, s, target=0.95, patients=patients,
+                            split_patients=9)["threshold"] == 0.1
+
+
+def test_split_bound_matches_cohorts_drawn_one_by_one():
+    y, s, patients = _validation(9, per_patient=4, seed=3)
+    candidates, lower = split_lower_bounds(y, s, cluster_ids(list(patients)), split_patients=3, rounds=300, seed=5)
+    positive = y == 1
+    owners = [p for p in dict.fromkeys(patients[positive])]  # positive patients, first appearance first
+    rng = np.random.default_rng(5)
+    drawn = [[owners[k] for k in rng.integers(0, len(owners), 3)] for _ in range(300)]
+    for j in (0, len(candidates) // 2, len(candidates) - 1):
+        sens = [np.sum([np.sum(s[positive & (patients == p)] >= candidates[j]) for p in cohort])
+                / np.sum([np.sum(positive & (patients == p)) for p in cohort]) for cohort in drawn]
+        assert lower[j] == pytest.approx(np.percentile(sens, 10))
+    assert lower[-1] == 1.0  # the lowest candidate keeps every positive
+
+
+def test_split_bound_cohort_defaults_to_the_positive_patients_given():
+    y, s, patients = _validation(12)
+    choice = select_threshold("split_lower_bound", y, s, target=0.9, patients=patients)
+    assert choice["split_patients"] == len(set(patients[y == 1])) == 8
+    with pytest.raises(HistoedgeError, match="at least one positive patient"):
+        select_threshold("split_lower_bound", y, s, target=0.9, patients=patients, split_patients=0)
+
