@@ -311,8 +311,9 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
                                  backup_dir=backup_dir)
 
     # A cohort for split_lower_bound is the size of the validation split's positive patients, wherever
-    # the threshold is chosen (out-of-fold predictions hold several times as many).
-    cohort = config.ensemble.threshold_split_patients or len(set(cluster_ids(val_patients)[val_y == 1].tolist()))
+    # the threshold is chosen (out-of-fold predictions hold several times as many); None: the rows'.
+    cohort = (config.ensemble.threshold_split_patients
+              or len(set(cluster_ids(val_patients)[val_y == 1].tolist())) or None)
 
     def threshold_for(val_p, labels=val_y, on_patients=val_patients, data="validation"):
         if not binary:
