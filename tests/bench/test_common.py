@@ -3,6 +3,8 @@
 import argparse
 import json
 
+import pytest
+
 from bench.common import add_output_options, emit
 
 
@@ -20,9 +22,12 @@ def test_the_table_is_printed_and_written_only_where_asked(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.json", "new", "t.md"]
 
 
-def test_a_script_without_figures_has_no_json_option():
+def test_a_script_without_figures_has_no_json_option(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_output_options(parser, json_help=None)
-    assert not hasattr(parser.parse_args([]), "json")
-    args = parser.parse_args([])
-    emit(args, "text\n", {"ignored": True})  # data without --json is not an error
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--json", str(tmp_path / "f.json")])
+    args = parser.parse_args(["--out", str(tmp_path / "t.md")])
+    emit(args, "text\n", {"ignored": True})  # figures without --json are printed nowhere else
+    assert capsys.readouterr().out == "text\n\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.md"]

@@ -2,10 +2,12 @@
 run left by an older version."""
 
 import json
+import subprocess
 
 import pytest
 import yaml
 
+import histoedge
 import histoedge.serving.demo as demo
 from histoedge.serving.demo import MODEL_NAME, _existing_export, _held_out_images, _Superseded
 from tests.training.conftest import write_image_folder
@@ -101,10 +103,6 @@ def test_a_superseded_run_is_moved_aside_with_its_exports_and_trained_afresh(tmp
 
 def test_child_commands_ignore_a_histoedge_folder_in_the_working_directory(tmp_path):
     """Run from inside another checkout, the demo's children must still run the installed package."""
-    import subprocess
-
-    import histoedge
-
     shadow = tmp_path / "histoedge"
     shadow.mkdir()
     (shadow / "__init__.py").write_text("")
