@@ -28,7 +28,7 @@ from common import add_output_options, emit  # noqa: E402
 
 
 def compare(run: Path, rounds: int, seed: int) -> list[dict]:
-    from histoedge.training.bootstrap import cluster_ids, holm, paired_difference
+    from histoedge.training.bootstrap import add_holm, cluster_ids, paired_difference
     from histoedge.training.metrics import macro_roc_auc
     from histoedge.training.report import load_predictions
 
@@ -45,8 +45,7 @@ def compare(run: Path, rounds: int, seed: int) -> list[dict]:
                   **paired_difference(macro_roc_auc, y, probs, predictions["test"][member], clusters,
                                       rounds=rounds, seed=seed)}
                  for member in members]
-        for item, adjusted in zip(found, holm([f["p"] for f in found])):
-            item["p_holm"] = float(adjusted)
+        add_holm(found)
         rows += found
     return rows
 

@@ -119,3 +119,9 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(known) - rank) * value))
         adjusted[index] = running
     return adjusted
+
+
+def add_holm(comparisons: list[dict]) -> None:
+    """Give each comparison ``p_holm``: its ``p`` adjusted by :func:`holm` over the comparisons given."""
+    for comparison, adjusted in zip(comparisons, holm([c["p"] for c in comparisons])):
+        comparison["p_holm"] = adjusted

@@ -212,20 +212,19 @@ def _threshold_text(metrics: dict, classes) -> str:
     where = ("on the cross-fitted ensemble's out-of-fold predictions over train+validation" if on_oof
              else "on the validation split")
     kind = "out-of-fold" if on_oof else "validation"
+    figures = (f"lower bound {_fmt(rule.get('val_sensitivity_lower_bound'))}, {kind} sensitivity "
+               f"{_fmt(rule.get('val_sensitivity'))}")
+    level = f"{100 * rule.get('confidence', 0):.0f}%"
     if rule.get("rule") == "patient_lower_bound":
-        return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold whose "
-                f"patient-bootstrap {100 * rule['confidence']:.0f}% lower bound of {kind} sensitivity reaches "
-                f"{target} ({rule.get('val_patients')} positive patients; lower bound "
-                f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, {kind} sensitivity "
-                f"{_fmt(rule.get('val_sensitivity'))}): ensemble threshold {threshold}.")
-    if rule.get("rule") == "split_lower_bound":
-        return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold at which "
-                f"{100 * rule['confidence']:.0f}% of cohorts of {rule.get('split_patients')} positive patients "
-                f"(drawn from {rule.get('val_patients')}) reach sensitivity {target} (that share's lower bound "
-                f"{_fmt(rule.get('val_sensitivity_lower_bound'))}, {kind} sensitivity "
-                f"{_fmt(rule.get('val_sensitivity'))}): ensemble threshold {threshold}.")
-    return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold "
-            f"with {kind} sensitivity >= {target}: ensemble threshold {threshold}.")
+        how = (f"whose patient-bootstrap {level} lower bound of {kind} sensitivity reaches {target} "
+               f"({rule.get('val_patients')} positive patients; {figures})")
+    elif rule.get("rule") == "split_lower_bound":
+        how = (f"at which {level} of cohorts of {rule.get('split_patients')} positive patients (drawn from "
+               f"{rule.get('val_patients')}) reach sensitivity {target} (that share's {figures})")
+    else:
+        how = f"with {kind} sensitivity >= {target}"
+    return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold {how}: "
+            f"ensemble threshold {threshold}.")
 
 
 def _patient_blocks(metrics: dict) -> list[tuple]:

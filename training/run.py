@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from histoedge.export.ensemble_spec import ENSEMBLE_FILE
-from histoedge.training.bootstrap import cluster_ids, holm, paired_difference
+from histoedge.training.bootstrap import add_holm, cluster_ids, paired_difference
 from histoedge.training.errors import RunConfigChanged, RunError
 from histoedge.training.ensemble import fit_ensemble
 from histoedge.training.metrics import evaluate, macro_roc_auc
@@ -437,9 +437,7 @@ def judge_ensemble(models: dict, names, test_y, ensembles_test: dict, members_te
                                      rounds=config.evaluation.bootstrap, seed=config.seed)
             found.append({"model": key, "versus": other, "metric": "roc_auc", **diff})
         # one ensemble against all its members is a family of tests: Holm over the members
-        against_members = [c for c in found if c["versus"] in names]
-        for comparison, p_holm in zip(against_members, holm([c["p"] for c in against_members])):
-            comparison["p_holm"] = p_holm
+        add_holm([c for c in found if c["versus"] in names])
         comparisons += found
     return {"selected_member": {"name": selected, "rule": "highest validation ROC-AUC",
                                 "val_roc_auc": models[selected]["val"].get("roc_auc"),
