@@ -223,8 +223,15 @@ def _threshold_text(metrics: dict, classes) -> str:
                f"{rule.get('val_patients')}) reach sensitivity {target} (that share's {figures})")
     else:
         how = f"with {kind} sensitivity >= {target}"
-    return (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold {how}: "
+    text = (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold {how}: "
             f"ensemble threshold {threshold}.")
+    if rule.get("cohort_below_target") is not None:
+        # The spread of a small acceptance cohort around the mean: what a site testing the
+        # threshold on its own few positive patients should expect.
+        text += (f" At that threshold, {100 * rule['cohort_below_target']:.0f}% of cohorts of "
+                 f"{rule['cohort_patients']} positive patients drawn from those {rule.get('val_patients')} "
+                 f"fall below sensitivity {target}.")
+    return text
 
 
 def _patient_blocks(metrics: dict) -> list[tuple]:

@@ -77,18 +77,48 @@ def split_lower_bounds(y_true, positive_probs, clusters, *, split_patients: int,
     A cohort is ``split_patients`` positive patients drawn with replacement from the positive
     patients given; its sensitivity counts images, as a test split's does.
     """
-    positive, scores = _positives(y_true, positive_probs, positive_class)
-    if split_patients < 1:
-        raise EnsembleError(f"a cohort needs at least one positive patient, got {split_patients}")
-    # Positive patients only, numbered in order of first appearance.
-    owners = cluster_ids([int(c) for c in np.asarray(clusters, dtype=np.int64)[positive]])
+    scores, owners = _positive_patients(y_true, positive_probs, clusters, positive_class)
     n_patients = int(owners.max()) + 1
-    candidates, hits = _hits(scores[positive], owners, n_patients)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n_patients, int(split_patients)), minlength=n_patients)
-                       for _ in range(int(rounds))])
+    candidates, hits = _hits(scores, owners, n_patients)
+    counts = _cohort_counts(n_patients, split_patients, rounds, seed)
     sensitivity = (counts @ hits) / (counts @ hits[:, -1])[:, None]
     return candidates, np.percentile(sensitivity, 100 * (1 - confidence), axis=0)
+
+
+def cohort_shortfall(y_true, positive_probs, clusters, *, threshold: float, target: float, split_patients: int,
+                     rounds: int = 1000, seed: int = 0, positive_class: int = 1) -> float:
+    """Share of cohorts whose sensitivity at ``threshold`` falls below ``target``.
+
+    Cohorts are drawn as in :func:`split_lower_bounds` (the same draws for the same seed), so a
+    reader of any rule's threshold sees how often a local acceptance cohort of that size would miss.
+
+    Example::
+
+        cohort_shortfall(y_val, p_val[:, 1], cluster_ids(val_patients), threshold=0.31, target=0.95,
+                         split_patients=9)   # 0.27: about one cohort of 9 patients in four misses
+    """
+    scores, owners = _positive_patients(y_true, positive_probs, clusters, positive_class)
+    n_patients = int(owners.max()) + 1
+    found = np.bincount(owners, weights=(scores >= threshold).astype(np.float64), minlength=n_patients)
+    sizes = np.bincount(owners, minlength=n_patients).astype(np.float64)
+    counts = _cohort_counts(n_patients, split_patients, rounds, seed)
+    return float(np.mean((counts @ found) / (counts @ sizes) < target - 1e-12))
+
+
+def _positive_patients(y_true, positive_probs, clusters, positive_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positive rows' scores and their patients, numbered in order of first appearance."""
+    positive, scores = _positives(y_true, positive_probs, positive_class)
+    owners = cluster_ids([int(c) for c in np.asarray(clusters, dtype=np.int64)[positive]])
+    return scores[positive], owners
+
+
+def _cohort_counts(n_patients: int, split_patients: int, rounds: int, seed: int) -> np.ndarray:
+    """counts[r, g]: how often patient g is drawn into cohort r (``split_patients`` draws each)."""
+    if split_patients < 1:
+        raise EnsembleError(f"a cohort needs at least one positive patient, got {split_patients}")
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n_patients, int(split_patients)), minlength=n_patients)
+                     for _ in range(int(rounds))])
 
 
 def _hits(positive_scores: np.ndarray, owners: np.ndarray, n_owners: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,13 +143,15 @@ def select_threshold(rule: str, y_true, positive_probs, *, target: float, patien
         target: sensitivity target in (0, 1).
         patients: patient id per row (None entries, or None for all: each row its own patient).
         confidence: one-sided level of the lower bound (``patient_lower_bound``, ``split_lower_bound``).
-        rounds: bootstrap resamples (the two bound rules).
-        split_patients: positive patients per cohort (``split_lower_bound``); None: as many as
-            there are positive patients in the rows given.
+        rounds: resamples (the two bound rules) and cohorts drawn (``cohort_below_target``).
+        split_patients: positive patients per cohort (``split_lower_bound``, and the cohorts of
+            ``cohort_below_target`` for every rule); None: as many as there are positive patients
+            in the rows given.
 
     Returns:
         ``{"rule", "threshold", "target", "confidence", "val_sensitivity", "val_sensitivity_lower_bound",
-        "val_patients", "split_patients"}`` (those that apply).
+        "val_patients", "split_patients", "cohort_patients", "cohort_below_target"}`` (those that
+        apply; the last: the share of cohorts below the target at the chosen threshold).
     """
     if rule not in RULES:
         raise EnsembleError(f"unknown threshold rule {rule!r}; expected one of {', '.join(RULES)}")
@@ -127,12 +159,12 @@ def select_threshold(rule: str, y_true, positive_probs, *, target: float, patien
     scores = np.asarray(positive_probs, dtype=np.float64)
     clusters = cluster_ids(patients, len(y_true))
     result = {"rule": rule, "target": float(target)}
+    if split_patients is None:
+        split_patients = len(np.unique(clusters[y_true == positive_class]))
     if rule == "validation_point":
         threshold = point_threshold(y_true, scores, target, positive_class)
     else:
         if rule == "split_lower_bound":
-            if split_patients is None:
-                split_patients = len(np.unique(clusters[y_true == positive_class]))
             candidates, lower = split_lower_bounds(y_true, scores, clusters, split_patients=split_patients,
                                                    confidence=confidence, rounds=rounds, seed=seed,
                                                    positive_class=positive_class)
@@ -148,4 +180,8 @@ def select_threshold(rule: str, y_true, positive_probs, *, target: float, patien
     result["threshold"] = threshold
     result["val_sensitivity"] = float(np.mean(scores[positive] >= threshold))
     result["val_patients"] = int(len(np.unique(clusters[positive])))
+    result["cohort_patients"] = int(split_patients)
+    result["cohort_below_target"] = cohort_shortfall(y_true, scores, clusters, threshold=threshold, target=target,
+                                                     split_patients=split_patients, rounds=rounds, seed=seed,
+                                                     positive_class=positive_class)
     return result

@@ -65,6 +65,8 @@ def test_single_member_run_writes_the_whole_run_directory(image_folder, tmp_path
     assert 0 <= patient["recognition_rate"] <= 1 and len(patient["ci"]["recall"]) == 2
     assert test["bootstrap_unit"] == "images"
     assert metrics["threshold_rule"]["rule"] == "patient_lower_bound"
+    assert 0 <= metrics["threshold_rule"]["cohort_below_target"] <= 1
+    assert metrics["threshold_rule"]["cohort_patients"] == int(np.sum(predictions["val_labels"] == 1))
     assert metrics["operating_point"]["threshold"] == pytest.approx(ensemble.threshold)
     assert "comparisons" not in metrics  # a single model is not compared with itself
 
@@ -149,7 +151,11 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert chosen["rule"] == "split_lower_bound" and chosen["chosen_on"].startswith("out_of_fold")
     assert chosen["split_patients"] == positives["val"] < chosen["val_patients"]
     assert Ensemble.load(run / "ensemble.json").threshold == pytest.approx(chosen["threshold"])
-    assert f"of cohorts of {positives['val']} positive patients" in (run / "report.md").read_text()
+    assert chosen["cohort_patients"] == positives["val"]
+    report = (run / "report.md").read_text()
+    assert f"of cohorts of {positives['val']} positive patients (drawn from" in report
+    assert (f"At that threshold, {100 * chosen['cohort_below_target']:.0f}% of cohorts of {positives['val']} "
+            f"positive patients drawn from those {chosen['val_patients']} fall below sensitivity 0.95.") in report
 
 
 def test_three_class_ensemble_uses_multinomial_stacking(folder_factory, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from histoedge import HistoedgeError
 from histoedge.training.bootstrap import cluster_ids
 from histoedge.training.ensemble import choose_threshold
-from histoedge.training.thresholds import select_threshold, sensitivity_lower_bounds, split_lower_bounds
+from histoedge.training.thresholds import (cohort_shortfall, select_threshold, sensitivity_lower_bounds,
+                                          split_lower_bounds)
 
 
 def _validation(n_patients, per_patient=15, seed=0):
@@ -115,3 +116,31 @@ def test_split_bound_cohort_defaults_to_the_positive_patients_given():
     with pytest.raises(HistoedgeError, match="at least one positive patient"):
         select_threshold("split_lower_bound", y, s, target=0.9, patients=patients, split_patients=0)
 
+
+def test_every_rule_reports_how_often_a_small_cohort_misses():
+    # 40 patients found at 0.8 and one whose only image scores 0.1: at 0.8 a 9-patient cohort misses
+    # 0.95 exactly when it draws that patient (16 of 17 images at best), with chance 1 - (40/41)^9 = 0.199
+    y, s, patients = _cohort_rows({**{f"p{i}": np.array([0.9, 0.8]) for i in range(40)}, "low": np.array([0.1])})
+    mean_bound = select_threshold("patient_lower_bound", y, s, target=0.95, patients=patients, split_patients=9,
+                                  rounds=4000)
+    assert mean_bound["threshold"] == 0.8 and mean_bound["cohort_patients"] == 9
+    assert mean_bound["cohort_below_target"] == pytest.approx(1 - (40 / 41) ** 9, abs=0.02)
+    # the cohort rule goes down to 0.1, where every cohort keeps every image
+    strict = select_threshold("split_lower_bound", y, s, target=0.95, patients=patients, split_patients=9)
+    assert strict["threshold"] == 0.1 and strict["cohort_below_target"] == 0.0
+    # the cohorts default to as many patients as the positive ones given, for every rule
+    assert select_threshold("validation_point", y, s, target=0.95, patients=patients)["cohort_patients"] == 41
+
+
+def test_cohort_shortfall_uses_the_split_bound_draws():
+    y, s, patients = _validation(12)
+    clusters = cluster_ids(list(patients))
+    candidates, lower = split_lower_bounds(y, s, clusters, split_patients=5, confidence=0.8, seed=2)
+    for j in (0, len(candidates) // 3, len(candidates) // 2):
+        share = cohort_shortfall(y, s, clusters, threshold=candidates[j], target=lower[j], split_patients=5, seed=2)
+        assert share <= 0.2  # at most the 20% the bound leaves below it, on the very same cohorts
+    # at the threshold the cohort rule chooses, at most 1 - confidence of its cohorts miss
+    choice = select_threshold("split_lower_bound", y, s, target=0.9, patients=patients, confidence=0.9)
+    assert choice["cohort_below_target"] <= 0.1
+    with pytest.raises(HistoedgeError, match="at least one positive patient"):
+        cohort_shortfall(y, s, clusters, threshold=0.5, target=0.9, split_patients=0)
