@@ -13,6 +13,10 @@
   This rule bounds one such cohort instead, at a cost in specificity
   (``bench/results/evaluation.md``, "the spread of a small split").
 
+Whatever the rule, the result also says how often such a cohort falls below the target at the
+chosen threshold (``cohort_below_target``), so the default rule's promise about the mean is read
+next to what one acceptance cohort should expect.
+
 Example::
 
     choice = select_threshold("patient_lower_bound", y_val, p_val[:, 1], patients=val_patients,
@@ -95,7 +99,7 @@ def cohort_shortfall(y_true, positive_probs, clusters, *, threshold: float, targ
     Example::
 
         cohort_shortfall(y_val, p_val[:, 1], cluster_ids(val_patients), threshold=0.31, target=0.95,
-                         split_patients=9)   # 0.27: about one cohort of 9 patients in four misses
+                         split_patients=9)   # e.g. 0.24: about one cohort in four misses
     """
     scores, owners = _positive_patients(y_true, positive_probs, clusters, positive_class)
     n_patients = int(owners.max()) + 1
