@@ -37,24 +37,6 @@ GOAL = 0.93
 ROUNDS = 4000
 
 
-def split_sensitivities(hits: np.ndarray, sizes: np.ndarray, m: int, rounds: int = ROUNDS, seed: int = 0) -> np.ndarray:
-    """Sensitivity of ``rounds`` splits of ``m`` positive patients drawn with replacement.
-
-    Args:
-        hits: per patient, positives at or above the threshold [P], or [P, T] for T thresholds.
-        sizes: positives per patient [P].
-        m: positive patients per split.
-
-    Returns:
-        ``[rounds]`` (or ``[rounds, T]``) image-level sensitivities, one per drawn split.
-    """
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, len(sizes), m), minlength=len(sizes)) for _ in range(rounds)])
-    hits = np.asarray(hits, dtype=np.float64)
-    totals = counts @ np.asarray(sizes, dtype=np.float64)
-    return (counts @ hits) / (totals[:, None] if hits.ndim == 2 else totals)
-
-
 def _by_patient(scores, positive, patients) -> dict:
     """Scores of the positive rows, grouped by patient."""
     groups: dict[str, list] = {}
@@ -68,7 +50,7 @@ def analyse(run: Path) -> dict:
     """The figures above for one cross-fitted run directory."""
     from histoedge.training.ensemble import Ensemble
     from histoedge.training.report import load_predictions
-    from histoedge.training.thresholds import select_threshold
+    from histoedge.training.thresholds import cohort_sensitivities, select_threshold
 
     ensemble = Ensemble.load(run / "ensemble.json")
     positive_class = ensemble.positive_class or 1
@@ -88,8 +70,8 @@ def analyse(run: Path) -> dict:
                         if r["split"] == "val" and r["label"] == ensemble.classes[positive_class]})
     threshold, target = float(ensemble.threshold), float(ensemble.target_sensitivity)
     groups = list(oof_groups.values())
-    spread = split_sensitivities(np.array([np.sum(g >= threshold) for g in groups]), np.array([len(g) for g in groups]),
-                                 len(test_groups))
+    spread = cohort_sensitivities(np.array([np.sum(g >= threshold) for g in groups]), np.array([len(g) for g in groups]),
+                                  split_patients=len(test_groups), rounds=ROUNDS)
     strict = select_threshold("split_lower_bound", oof_y, oof_p, target=target, confidence=0.9, rounds=ROUNDS,
                               patients=[patient[i] for i in index], positive_class=positive_class,
                               split_patients=val_positive)["threshold"]

@@ -82,19 +82,40 @@ def split_lower_bounds(y_true, positive_probs, clusters, *, split_patients: int,
     patients given; its sensitivity counts images, as a test split's does.
     """
     scores, owners = _positive_patients(y_true, positive_probs, clusters, positive_class)
-    n_patients = int(owners.max()) + 1
-    candidates, hits = _hits(scores, owners, n_patients)
-    counts = _cohort_counts(n_patients, split_patients, rounds, seed)
-    sensitivity = (counts @ hits) / (counts @ hits[:, -1])[:, None]
+    candidates, hits = _hits(scores, owners, int(owners.max()) + 1)
+    sensitivity = cohort_sensitivities(hits, hits[:, -1], split_patients=split_patients, rounds=rounds, seed=seed)
     return candidates, np.percentile(sensitivity, 100 * (1 - confidence), axis=0)
+
+
+def cohort_sensitivities(hits, sizes, *, split_patients: int, rounds: int = 1000, seed: int = 0) -> np.ndarray:
+    """Image-level sensitivity of ``rounds`` cohorts of ``split_patients`` patients drawn with replacement.
+
+    Args:
+        hits: per patient, positives found [P], or [P, T] at T thresholds at once.
+        sizes: positives per patient [P].
+        split_patients: patients per cohort.
+        rounds: cohorts drawn; the same ``seed`` draws the same cohorts for any ``hits``.
+
+    Returns:
+        ``[rounds]`` (or ``[rounds, T]``) sensitivities, images (not patients) averaged.
+
+    Example::
+
+        cohort_sensitivities(np.array([1, 0]), np.array([1, 3]), split_patients=2)  # 0, 1/4 or 1 each
+    """
+    counts = _cohort_counts(len(sizes), split_patients, rounds, seed)
+    hits = np.asarray(hits, dtype=np.float64)
+    totals = counts @ np.asarray(sizes, dtype=np.float64)
+    return (counts @ hits) / (totals[:, None] if hits.ndim == 2 else totals)
 
 
 def cohort_shortfall(y_true, positive_probs, clusters, *, threshold: float, target: float, split_patients: int,
                      rounds: int = 1000, seed: int = 0, positive_class: int = 1) -> float:
     """Share of cohorts whose sensitivity at ``threshold`` falls below ``target``.
 
-    Cohorts are drawn as in :func:`split_lower_bounds` (the same draws for the same seed), so a
-    reader of any rule's threshold sees how often a local acceptance cohort of that size would miss.
+    Cohorts are drawn by :func:`cohort_sensitivities`, as in :func:`split_lower_bounds` (the same draws
+    for the same seed), so a reader of any rule's threshold sees how often a local acceptance cohort
+    of that size would miss.
 
     Example::
 
@@ -102,11 +123,10 @@ def cohort_shortfall(y_true, positive_probs, clusters, *, threshold: float, targ
                          split_patients=9)   # e.g. 0.24: about one cohort in four misses
     """
     scores, owners = _positive_patients(y_true, positive_probs, clusters, positive_class)
-    n_patients = int(owners.max()) + 1
-    found = np.bincount(owners, weights=(scores >= threshold).astype(np.float64), minlength=n_patients)
-    sizes = np.bincount(owners, minlength=n_patients).astype(np.float64)
-    counts = _cohort_counts(n_patients, split_patients, rounds, seed)
-    return float(np.mean((counts @ found) / (counts @ sizes) < target - 1e-12))
+    found = np.bincount(owners, weights=(scores >= threshold).astype(np.float64))
+    sensitivity = cohort_sensitivities(found, np.bincount(owners), split_patients=split_patients, rounds=rounds,
+                                       seed=seed)
+    return float(np.mean(sensitivity < target - 1e-12))
 
 
 def _positive_patients(y_true, positive_probs, clusters, positive_class: int) -> tuple[np.ndarray, np.ndarray]:

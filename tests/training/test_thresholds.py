@@ -8,8 +8,8 @@ import pytest
 from histoedge import HistoedgeError
 from histoedge.training.bootstrap import cluster_ids
 from histoedge.training.ensemble import choose_threshold
-from histoedge.training.thresholds import (cohort_shortfall, select_threshold, sensitivity_lower_bounds,
-                                          split_lower_bounds)
+from histoedge.training.thresholds import (cohort_sensitivities, cohort_shortfall, select_threshold,
+                                          sensitivity_lower_bounds, split_lower_bounds)
 
 
 def _validation(n_patients, per_patient=15, seed=0):
@@ -144,3 +144,21 @@ def test_cohort_shortfall_uses_the_split_bound_draws():
     assert choice["cohort_below_target"] <= 0.1
     with pytest.raises(HistoedgeError, match="at least one positive patient"):
         cohort_shortfall(y, s, clusters, threshold=0.5, target=0.9, split_patients=0)
+
+
+def test_one_patient_cohorts_are_all_or_nothing_and_weighted_by_images():
+    # patient 0: 1 of 1 image found; patient 1: 0 of 3
+    one = cohort_sensitivities(np.array([1, 0]), np.array([1, 3]), split_patients=1, rounds=2000)
+    assert set(np.unique(one)) == {0.0, 1.0}
+    assert abs(one.mean() - 0.5) < 0.05
+    two = cohort_sensitivities(np.array([1, 0]), np.array([1, 3]), split_patients=2, rounds=2000)
+    # {0, 0}: 0/6, {0, 1}: 1/4 (images, not patients, are averaged), {1, 1}: 2/2
+    assert set(np.round(np.unique(two), 6)) == {0.0, 0.25, 1.0}
+
+
+def test_cohort_sensitivities_at_several_thresholds_at_once_match_one_at_a_time():
+    hits = np.array([[3, 4], [0, 2], [1, 1]])
+    sizes = np.array([4, 2, 1])
+    both = cohort_sensitivities(hits, sizes, split_patients=3, rounds=50, seed=7)
+    for t in range(2):
+        assert np.allclose(both[:, t], cohort_sensitivities(hits[:, t], sizes, split_patients=3, rounds=50, seed=7))
