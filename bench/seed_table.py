@@ -69,8 +69,26 @@ def run_rows(run: Path) -> tuple[list[str], dict]:
              "target": metrics.get("target_sensitivity"),
              "members_significantly_better": [c["versus"] for c in versus.values() if c["b_better"]],
              "selected_member": selected,
-             "ensemble_minus_selected": versus.get(selected, {}).get("difference")}
+             "ensemble_minus_selected": versus.get(selected, {}).get("difference"),
+             "transfer": (metrics.get("threshold_rule") or {}).get("transfer")}
     return rows, facts
+
+
+def _transfer_lines(facts: list[dict]) -> list[str]:
+    """How the out-of-fold threshold moves on the deployed members (the validation images, scored both ways)."""
+    if not facts:
+        return []
+    pairs = [(f["transfer"]["out_of_fold"], f["transfer"]["deployed"]) for f in facts]
+    def rates(r: dict) -> str:
+        return "/".join("n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("sensitivity", "specificity"))
+
+    shown = ", ".join(f"{f['run']} {rates(a)} to {rates(b)}" for f, (a, b) in zip(facts, pairs))
+    change = [(b["sensitivity"] - a["sensitivity"], b["specificity"] - a["specificity"]) for a, b in pairs
+              if None not in (*a.values(), *b.values())]
+    mean = (f" Mean change: sensitivity {sum(c[0] for c in change) / len(change):+.3f}, specificity "
+            f"{sum(c[1] for c in change) / len(change):+.3f}." if change else "")
+    return [f"Validation images at the out-of-fold threshold, sensitivity/specificity from the fold models to the "
+            f"deployed members: {shown}.{mean}"]
 
 
 def main(argv=None) -> int:
@@ -92,6 +110,7 @@ def main(argv=None) -> int:
     lines += ["", f"Ensemble test sensitivity >= {SENSITIVITY_GOAL} on every run: {'yes' if met else '**no**'} "
               f"({', '.join(format(f['ensemble_sensitivity'], '.3f') for f in facts)}).",
               f"No member significantly better than the ensemble on any run: {'yes' if never_worse else '**no**'}."]
+    lines += _transfer_lines([f for f in facts if f["transfer"]])
     emit(args, "\n".join(lines) + "\n", facts)
     return 0
 

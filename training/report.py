@@ -231,6 +231,13 @@ def _threshold_text(metrics: dict, classes) -> str:
         text += (f" At that threshold, {100 * rule['cohort_below_target']:.0f}% of cohorts of "
                  f"{rule['cohort_patients']} positive patients drawn from those {rule.get('val_patients')} "
                  f"fall below sensitivity {target}.")
+    transfer = rule.get("transfer")
+    if transfer:
+        fold, deployed = transfer["out_of_fold"], transfer["deployed"]
+        text += (f" On the {transfer['images']} validation images, which both scored, the fold models reach "
+                 f"sensitivity {_fmt(fold['sensitivity'])} and specificity {_fmt(fold['specificity'])} at this "
+                 f"threshold, the deployed members {_fmt(deployed['sensitivity'])} and "
+                 f"{_fmt(deployed['specificity'])} (they stopped early on these images, so theirs lean optimistic).")
     return text
 
 

@@ -36,7 +36,7 @@ from histoedge.training.errors import RunConfigChanged, RunError
 from histoedge.training.ensemble import fit_ensemble
 from histoedge.training.metrics import evaluate, macro_roc_auc
 from histoedge.training.patients import patient_metrics
-from histoedge.training.thresholds import select_threshold
+from histoedge.training.thresholds import select_threshold, transfer_check
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +351,13 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
         val_out[key], test_out[key] = combiner.predict_proba(val_list), combiner.predict_proba(test_list)
         if key == "ensemble" and out_of_fold is not None and config.ensemble.threshold_on != "validation":
             pool, oof = out_of_fold
-            choices[key] = threshold_for(combiner.predict_proba([oof[n] for n in names]), dataset.labels[pool],
-                                         [patients[i] for i in pool], "out_of_fold (train+validation)")
+            oof_p = combiner.predict_proba([oof[n] for n in names])
+            choices[key] = threshold_for(oof_p, dataset.labels[pool], [patients[i] for i in pool],
+                                         "out_of_fold (train+validation)")
+            if choices[key]:  # the validation rows carry both scores: does the threshold mean the same?
+                at = np.searchsorted(pool, splits["val"])
+                choices[key]["transfer"] = transfer_check(val_y, oof_p[at, 1], val_out[key][:, 1],
+                                                          threshold=choices[key]["threshold"])
         else:
             choices[key] = threshold_for(val_out[key])
         combiner.threshold = choices[key] and choices[key]["threshold"]

@@ -209,3 +209,38 @@ def select_threshold(rule: str, y_true, positive_probs, *, target: float, patien
                                                      split_patients=split_patients, rounds=rounds, seed=seed,
                                                      positive_class=positive_class)
     return result
+
+
+def transfer_check(y_true, fold_scores, deployed_scores, *, threshold: float, positive_class: int = 1) -> dict:
+    """Sensitivity and specificity at ``threshold`` of the same rows scored two ways.
+
+    A cross-fitted threshold is chosen on the fold models' out-of-fold scores but applied to the
+    deployed members, which trained on more data and score differently.  The validation rows are
+    scored by both (out of fold, and by the deployed members, which used them only to stop early),
+    so comparing the two on those rows shows how far the threshold's meaning moves between them.
+
+    Args:
+        y_true: labels of the rows [N].
+        fold_scores: the fold models' (out-of-fold) P(positive) of the rows [N].
+        deployed_scores: the deployed models' P(positive) of the same rows [N].
+        threshold: the chosen threshold.
+
+    Returns:
+        ``{"images", "out_of_fold": {"sensitivity", "specificity"}, "deployed": {...}}``; a figure
+        is None when the rows hold no image of its class.
+
+    Example::
+
+        transfer_check(y_val, oof_val[:, 1], p_val[:, 1], threshold=0.39)["deployed"]["sensitivity"]
+    """
+    y_true = np.asarray(y_true)
+    positive = y_true == positive_class
+
+    def rates(scores) -> dict:
+        called = np.asarray(scores, dtype=np.float64) >= threshold
+        if called.shape != y_true.shape:
+            raise EnsembleError(f"expected {y_true.size} scores, got {called.size}")
+        return {"sensitivity": float(called[positive].mean()) if positive.any() else None,
+                "specificity": float((~called[~positive]).mean()) if (~positive).any() else None}
+
+    return {"images": int(y_true.size), "out_of_fold": rates(fold_scores), "deployed": rates(deployed_scores)}

@@ -141,7 +141,21 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert chosen["chosen_on"].startswith("out_of_fold")
     assert chosen["val_patients"] == positives["train"] + positives["val"]  # each image its own patient here
     assert metrics["models"]["ensemble_validation_fit"]["threshold"] is not None
-    assert "out-of-fold predictions over train+validation" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "out-of-fold predictions over train+validation" in report
+    # The validation rows scored both ways: out of fold (recomputed from the stored folds) and deployed.
+    transfer, at = chosen["transfer"], chosen["threshold"]
+    assert transfer["images"] == n_val
+    assert transfer["deployed"]["sensitivity"] == pytest.approx(metrics["models"]["ensemble"]["val"]["recall"])
+    assert transfer["deployed"]["specificity"] == pytest.approx(metrics["models"]["ensemble"]["val"]["specificity"])
+    stored = np.load(run / "crossfit" / "oof.npz")
+    ensemble = Ensemble.load(run / "ensemble.json")
+    val_rows = np.isin(stored["index"], np.flatnonzero([r["split"] == "val" for r in _split_rows(run)]))
+    oof_val = ensemble.predict_proba([stored[f"probs__{m}"][val_rows] for m in ensemble.members])[:, 1]
+    val_labels = stored["labels"][val_rows]
+    assert transfer["out_of_fold"]["sensitivity"] == pytest.approx(np.mean(oof_val[val_labels == 1] >= at))
+    assert transfer["out_of_fold"]["specificity"] == pytest.approx(np.mean(oof_val[val_labels == 0] < at))
+    assert f"On the {n_val} validation images, which both scored, the fold models reach sensitivity" in report
 
     # The cohort rule is a recombination too: its cohort is the validation split's positive patients,
     # even though the threshold is chosen on the larger out-of-fold pool.

@@ -8,7 +8,7 @@ import pytest
 from histoedge import HistoedgeError
 from histoedge.training.bootstrap import cluster_ids
 from histoedge.training.ensemble import choose_threshold
-from histoedge.training.thresholds import (cohort_sensitivities, cohort_shortfall, select_threshold,
+from histoedge.training.thresholds import (cohort_sensitivities, cohort_shortfall, select_threshold, transfer_check,
                                           sensitivity_lower_bounds, split_lower_bounds)
 
 
@@ -162,3 +162,16 @@ def test_cohort_sensitivities_at_several_thresholds_at_once_match_one_at_a_time(
     both = cohort_sensitivities(hits, sizes, split_patients=3, rounds=50, seed=7)
     for t in range(2):
         assert np.allclose(both[:, t], cohort_sensitivities(hits[:, t], sizes, split_patients=3, rounds=50, seed=7))
+
+
+def test_transfer_check_counts_both_scorings_of_the_same_rows():
+    # 4 positives, 2 negatives; the deployed scores sit lower, as a sharper model's would.
+    y = np.array([1, 1, 1, 1, 0, 0])
+    fold = np.array([0.9, 0.8, 0.5, 0.45, 0.5, 0.1])
+    deployed = np.array([0.9, 0.6, 0.3, 0.2, 0.35, 0.05])
+    check = transfer_check(y, fold, deployed, threshold=0.4)
+    assert check == {"images": 6, "out_of_fold": {"sensitivity": 1.0, "specificity": 0.5},
+                     "deployed": {"sensitivity": 0.5, "specificity": 1.0}}
+    assert transfer_check(y[:4], fold[:4], deployed[:4], threshold=0.4)["deployed"]["specificity"] is None
+    with pytest.raises(HistoedgeError, match="expected 6 scores"):
+        transfer_check(y, fold, deployed[:5], threshold=0.4)
