@@ -79,6 +79,7 @@ def _transfer_lines(facts: list[dict]) -> list[str]:
     if not facts:
         return []
     pairs = [(f["transfer"]["out_of_fold"], f["transfer"]["deployed"]) for f in facts]
+
     def rates(r: dict) -> str:
         return "/".join("n/a" if r[k] is None else f"{r[k]:.3f}" for k in ("sensitivity", "specificity"))
 

@@ -17,6 +17,9 @@ Whatever the rule, the result also says how often such a cohort falls below the 
 chosen threshold (``cohort_below_target``), so the default rule's promise about the mean is read
 next to what one acceptance cohort should expect.
 
+A threshold chosen on cross-fitted out-of-fold scores is applied to other models, the deployed
+members; :func:`transfer_check` compares the two on rows both scored.
+
 Example::
 
     choice = select_threshold("patient_lower_bound", y_val, p_val[:, 1], patients=val_patients,
