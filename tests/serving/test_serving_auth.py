@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ from histoedge import HistoedgeError
 from histoedge.serving.auth import TokenAuth, read_token_file
 from histoedge.serving.settings import ServerSettings
 from tests.serving.fuzzing import valid_request
-from tests.serving.helpers import sample_images
+from tests.serving.helpers import free_port, sample_images
 
 TOKEN = "0123456789abcdef-token-one"
 OTHER = "fedcba9876543210-token-two"
@@ -95,12 +94,6 @@ def test_reflection_is_on_by_default(address):
         answer = next(reflection.ServerReflectionInfo(iter([request]), timeout=10))
         names = {s.name for s in answer.list_services_response.service}
         assert "inference.GRPCInferenceService" in names
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_metrics_listen_on_loopback_by_default(repo, start_server):

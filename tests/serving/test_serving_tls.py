@@ -86,13 +86,12 @@ def test_rest_uses_the_same_certificates(repo, start_server, certs):
 
 
 def test_metrics_over_https_with_client_certificates(repo, start_server, certs):
-    import socket
     import ssl
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from tests.serving.helpers import free_port
+
+    port = free_port()
     start_server(repo, tls_cert=certs / "server.pem", tls_key=certs / "server.key",
                  tls_client_ca=certs / "ca.pem", metrics_port=port, metrics_tls=True)
     url = f"https://127.0.0.1:{port}/metrics"
