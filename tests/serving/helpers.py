@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,35 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from histoedge.serving.client import InferenceClient
+from tests.support.ports import free_port  # noqa: F401  (the serving tests import it from here)
 
 SIZE = 16
 MODEL = "tiny"
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def free_port() -> int:
-    """A loopback port that is free now, for a server the test starts itself.
-
-    It is drawn below the kernel's ephemeral range: a port the kernel hands out for ``bind(0)``
-    can go to an outgoing connection before the server binds it (seen once in CI as "Address
-    already in use"), while ports below that range are taken only by explicit binds.
-    """
-    low = _ephemeral_low()
-    for _ in range(200):
-        port = random.randrange(10000, max(10001, low))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail("no free loopback port below the ephemeral range")
 
 
 def wait_until(condition, timeout: float = 20.0, interval: float = 0.02):

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from histoedge.training.distributed import cluster_from, read_tf_config
 from histoedge.training.errors import RunError
+from tests.support.ports import free_ports
 
 HISTOEDGE = str(Path(sys.executable).parent / "histoedge")
 MEMBER = "cw_plain"
@@ -36,16 +36,6 @@ TINY = ["--recipe", MEMBER, "--set", "recipes={cw_plain: {base: class_weight, "
         "shear: 0.0, width_shift: 0.0, height_shift: 0.0, brightness: 0.0, contrast: 0.0, stain: 0.0}"]
 TOLERANCE = 1e-5  # max |w_distributed - w_single|: float sums in another order, nothing more
 DIGEST = re.compile(r"weights digest ([0-9a-f]{64})")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def start_worker(index: int, ports: list[int], data: Path, out: Path, epochs: int, log: Path) -> subprocess.Popen:
