@@ -70,8 +70,16 @@ def run_rows(run: Path) -> tuple[list[str], dict]:
              "members_significantly_better": [c["versus"] for c in versus.values() if c["b_better"]],
              "selected_member": selected,
              "ensemble_minus_selected": versus.get(selected, {}).get("difference"),
-             "transfer": (metrics.get("threshold_rule") or {}).get("transfer")}
+             "transfer": (metrics.get("threshold_rule") or {}).get("transfer"),
+             "out_of_fold_threshold": _out_of_fold_threshold(metrics.get("threshold_rule") or {})}
     return rows, facts
+
+
+def _out_of_fold_threshold(rule: dict) -> float | None:
+    """The threshold the rule chose on out-of-fold scores, before any carrying over (None: chosen on validation)."""
+    if not str(rule.get("chosen_on", "")).startswith("out_of_fold"):
+        return None
+    return rule.get("out_of_fold_threshold", rule.get("threshold"))
 
 
 def _transfer_lines(facts: list[dict]) -> list[str]:
@@ -88,8 +96,17 @@ def _transfer_lines(facts: list[dict]) -> list[str]:
               if None not in (*a.values(), *b.values())]
     mean = (f" Mean change: sensitivity {sum(c[0] for c in change) / len(change):+.3f}, specificity "
             f"{sum(c[1] for c in change) / len(change):+.3f}." if change else "")
-    return [f"Validation images at the out-of-fold threshold, sensitivity/specificity from the fold models to the "
-            f"deployed members: {shown}.{mean}"]
+    lines = [f"Validation images at the out-of-fold threshold, sensitivity/specificity from the fold models to the "
+             f"deployed members: {shown}.{mean}"]
+    matched = [f for f in facts if f["transfer"].get("matched") and f.get("out_of_fold_threshold") is not None]
+    if matched:
+        lines.append("Threshold flagging as many validation images on the deployed members (ensemble.threshold_transfer"
+                     "=match_flag_rate), from the out-of-fold threshold, with the deployed members' sensitivity/"
+                     "specificity there: " + ", ".join(
+                         f"{f['run']} {f['out_of_fold_threshold']:.3f} to {f['transfer']['matched']['threshold']:.3f} "
+                         f"({rates(f['transfer']['matched']['deployed'])}, {f['transfer'].get('rule', 'none')} used)"
+                         for f in matched) + ".")
+    return lines
 
 
 def main(argv=None) -> int:

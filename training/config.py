@@ -293,6 +293,7 @@ class TrainingConfig(Section):
 
 THRESHOLD_RULES = ("patient_lower_bound", "validation_point", "split_lower_bound")
 THRESHOLD_DATA = ("auto", "validation", "out_of_fold")
+THRESHOLD_TRANSFERS = ("none", "match_flag_rate")
 STACKING_WEIGHTS = ("non_negative", "free")
 PATIENT_AGGREGATIONS = ("mean", "median", "max")
 
@@ -324,6 +325,10 @@ class EnsembleConfig(Section):
             validation split, so a hard patient is more likely to be among them), "validation", or
             "auto" (out_of_fold when cv_folds is set, else validation). Members and the
             validation-fitted ensemble always use validation.
+        threshold_transfer: how a threshold chosen on out-of-fold predictions reaches the deployed
+            members, which trained on more images and score on their own scale: "none" (as chosen)
+            or "match_flag_rate" (the threshold at which the deployed ensemble flags as large a
+            share of the validation images as the out-of-fold scores did; uses no labels).
         stacking_weights: "non_negative" (no member's probabilities counted against the class they
             name: a member that would be is dropped from the meta-learner and the rest refitted) or
             "free" (unconstrained logistic regression, the earlier behaviour).
@@ -339,6 +344,7 @@ class EnsembleConfig(Section):
     threshold_split_patients: int = setting(0, low=0)
     cv_folds: int = setting(0, low=0, high=20)
     threshold_on: str = setting("auto", choices=THRESHOLD_DATA)
+    threshold_transfer: str = setting("none", choices=THRESHOLD_TRANSFERS)
     stacking_weights: str = setting("non_negative", choices=STACKING_WEIGHTS)
 
     def check(self):
@@ -346,6 +352,9 @@ class EnsembleConfig(Section):
         self.require(self.cv_folds != 1, "ensemble.cv_folds must be 0 (off) or from 2 to 20, got 1")
         self.require(self.threshold_on != "out_of_fold" or self.cv_folds >= 2,
                      "ensemble.threshold_on=out_of_fold needs ensemble.cv_folds >= 2")
+        self.require(self.threshold_transfer == "none" or (self.cv_folds >= 2 and self.threshold_on != "validation"),
+                     f"ensemble.threshold_transfer={self.threshold_transfer} carries an out-of-fold threshold over: "
+                     "it needs ensemble.cv_folds >= 2 and ensemble.threshold_on other than validation")
 
 
 @dataclass

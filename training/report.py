@@ -223,22 +223,37 @@ def _threshold_text(metrics: dict, classes) -> str:
                f"{rule.get('val_patients')}) reach sensitivity {target} (that share's {figures})")
     else:
         how = f"with {kind} sensitivity >= {target}"
-    text = (f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold {how}: "
-            f"ensemble threshold {threshold}.")
+    transfer = rule.get("transfer")
+    carried = bool(transfer) and transfer.get("rule") == "match_flag_rate"
+    chosen = (f"out-of-fold threshold {_fmt(rule.get('out_of_fold_threshold'))}, carried over to the deployed "
+              f"ensemble as {threshold} (below)" if carried else f"ensemble threshold {threshold}")
+    text = f"Decision threshold on P({classes[1]}) chosen {where} as the highest threshold {how}: {chosen}."
     if rule.get("cohort_below_target") is not None:
         # The spread of a small acceptance cohort around the mean: what a site testing the
         # threshold on its own few positive patients should expect.
         text += (f" At that threshold, {100 * rule['cohort_below_target']:.0f}% of cohorts of "
                  f"{rule['cohort_patients']} positive patients drawn from those {rule.get('val_patients')} "
                  f"fall below sensitivity {target}.")
-    transfer = rule.get("transfer")
     if transfer:
         fold, deployed = transfer["out_of_fold"], transfer["deployed"]
         text += (f" On the {transfer['images']} validation images, which both scored, the fold models reach "
-                 f"sensitivity {_fmt(fold['sensitivity'])} and specificity {_fmt(fold['specificity'])} at this "
-                 f"threshold, the deployed members {_fmt(deployed['sensitivity'])} and "
+                 f"sensitivity {_fmt(fold['sensitivity'])} and specificity {_fmt(fold['specificity'])} at the "
+                 f"out-of-fold threshold, the deployed members {_fmt(deployed['sensitivity'])} and "
                  f"{_fmt(deployed['specificity'])} (they stopped early on these images, so theirs lean optimistic).")
+        text += _matched_text(transfer.get("matched"), carried)
     return text
+
+
+def _matched_text(matched: dict | None, carried: bool) -> str:
+    """The deployed ensemble's threshold that flags as many validation images (ensemble.threshold_transfer)."""
+    if not matched:
+        return ""
+    figures = (f"flags {100 * matched['flagged_share']:.1f}% of them, as the out-of-fold threshold does, at "
+               f"{_fmt(matched['threshold'])}, with sensitivity {_fmt(matched['deployed']['sensitivity'])} and "
+               f"specificity {_fmt(matched['deployed']['specificity'])}")
+    if carried:
+        return f" The deployed ensemble {figures}; that threshold is used (ensemble.threshold_transfer=match_flag_rate)."
+    return f" The deployed ensemble {figures} (ensemble.threshold_transfer=match_flag_rate would use it)."
 
 
 def _patient_blocks(metrics: dict) -> list[tuple]:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
                    ("ensemble", "members"), ("ensemble", "threshold_rule"), ("ensemble", "threshold_confidence"),
                    ("ensemble", "threshold_split_patients"), ("ensemble", "cv_folds"), ("ensemble", "threshold_on"),
-                   ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
+                   ("ensemble", "threshold_transfer"), ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
                    ("recipe",)}
 THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
 # Sections that only concern the distilled student: a finished run may gain (or retrain) one.
@@ -356,8 +356,11 @@ def train_run(data, out, config, *, ensemble: bool = False, verbose: int = 1, cl
                                          "out_of_fold (train+validation)")
             if choices[key]:  # the validation rows carry both scores: does the threshold mean the same?
                 at = np.searchsorted(pool, splits["val"])
-                choices[key]["transfer"] = transfer_check(val_y, oof_p[at, 1], val_out[key][:, 1],
-                                                          threshold=choices[key]["threshold"])
+                transfer = transfer_check(val_y, oof_p[at, 1], val_out[key][:, 1], threshold=choices[key]["threshold"])
+                choices[key]["transfer"] = {"rule": config.ensemble.threshold_transfer, **transfer}
+                if config.ensemble.threshold_transfer == "match_flag_rate":
+                    choices[key].update(out_of_fold_threshold=choices[key]["threshold"],
+                                        threshold=transfer["matched"]["threshold"])
         else:
             choices[key] = threshold_for(val_out[key])
         combiner.threshold = choices[key] and choices[key]["threshold"]

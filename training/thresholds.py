@@ -18,7 +18,8 @@ chosen threshold (``cohort_below_target``), so the default rule's promise about 
 next to what one acceptance cohort should expect.
 
 A threshold chosen on cross-fitted out-of-fold scores is applied to other models, the deployed
-members; :func:`transfer_check` compares the two on rows both scored.
+members; :func:`transfer_check` compares the two on rows both scored, and :func:`matched_threshold`
+gives the deployed members' threshold that flags as many of those rows (``ensemble.threshold_transfer``).
 
 Example::
 
@@ -229,8 +230,9 @@ def transfer_check(y_true, fold_scores, deployed_scores, *, threshold: float, po
         threshold: the chosen threshold.
 
     Returns:
-        ``{"images", "out_of_fold": {"sensitivity", "specificity"}, "deployed": {...}}``; a figure
-        is None when the rows hold no image of its class.
+        ``{"images", "out_of_fold": {"sensitivity", "specificity"}, "deployed": {...}, "matched":
+        {"threshold", "flagged_share", "deployed": {...}}}``: the last, the deployed members at
+        :func:`matched_threshold`; a figure is None when the rows hold no image of its class.
 
     Example::
 
@@ -239,11 +241,46 @@ def transfer_check(y_true, fold_scores, deployed_scores, *, threshold: float, po
     y_true = np.asarray(y_true)
     positive = y_true == positive_class
 
-    def rates(scores) -> dict:
-        called = np.asarray(scores, dtype=np.float64) >= threshold
+    def rates(scores, at: float) -> dict:
+        called = np.asarray(scores, dtype=np.float64) >= at
         if called.shape != y_true.shape:
             raise EnsembleError(f"expected {y_true.size} scores, got {called.size}")
         return {"sensitivity": float(called[positive].mean()) if positive.any() else None,
                 "specificity": float((~called[~positive]).mean()) if (~positive).any() else None}
 
-    return {"images": int(y_true.size), "out_of_fold": rates(fold_scores), "deployed": rates(deployed_scores)}
+    result = {"images": int(y_true.size), "out_of_fold": rates(fold_scores, threshold),
+              "deployed": rates(deployed_scores, threshold)}
+    matched = matched_threshold(fold_scores, deployed_scores, threshold=threshold)
+    return {**result, "matched": {**matched, "deployed": rates(deployed_scores, matched["threshold"])}}
+
+
+def matched_threshold(fold_scores, deployed_scores, *, threshold: float) -> dict:
+    """The threshold at which the deployed scores flag as large a share of the rows as the fold scores.
+
+    With ``f`` the share of rows whose fold score is >= ``threshold``, the result is the
+    ``ceil(f n)``-th highest deployed score: the highest threshold flagging at least that share.
+    No label is used.  If the deployed models ranked the rows exactly as the fold models did and
+    only their scale differed, it would flag the same rows, so the threshold's sensitivity and
+    specificity carry over; where they rank differently, the share flagged is what carries over.
+
+    Args:
+        fold_scores: the fold models' (out-of-fold) P(positive) of the rows [N].
+        deployed_scores: the deployed models' P(positive) of the same rows [N].
+        threshold: the threshold chosen on the fold scores.
+
+    Returns:
+        ``{"threshold", "flagged_share"}``; when no row is flagged, a threshold just above the
+        highest deployed score.
+
+    Example::
+
+        matched_threshold([0.2, 0.6, 0.9], [0.1, 0.3, 0.8], threshold=0.5)  # {"threshold": 0.3, ...}
+    """
+    fold = np.asarray(fold_scores, dtype=np.float64)
+    deployed = np.asarray(deployed_scores, dtype=np.float64)
+    if fold.shape != deployed.shape or fold.ndim != 1 or fold.size == 0:
+        raise EnsembleError(f"expected the same non-empty rows scored twice, got {fold.shape} and {deployed.shape}")
+    flagged = int(np.count_nonzero(fold >= threshold))
+    ranked = np.sort(deployed)[::-1]
+    matched = float(np.nextafter(ranked[0], np.inf)) if flagged == 0 else float(ranked[flagged - 1])
+    return {"threshold": matched, "flagged_share": flagged / fold.size}

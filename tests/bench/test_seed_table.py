@@ -16,3 +16,14 @@ def test_transfer_line_lists_each_run_and_the_mean_change():
     # a run whose validation images hold no negative still shows, but is left out of the mean
     assert _transfer_lines([_fact("s3", (1.0, None), (1.0, None))])[0].endswith("s3 1.000/n/a to 1.000/n/a.")
     assert _transfer_lines([]) == []
+
+
+def test_matched_line_shows_both_thresholds_and_which_was_used():
+    fact = _fact("s1", (0.98, 0.70), (0.96, 0.80))
+    fact["transfer"].update(rule="match_flag_rate", matched={"threshold": 0.301, "flagged_share": 0.7,
+                                                             "deployed": {"sensitivity": 0.99, "specificity": 0.72}})
+    fact["out_of_fold_threshold"] = 0.369
+    lines = _transfer_lines([fact, _fact("s2", (0.95, 0.60), (0.95, 0.70))])  # s2: written before the field
+    assert len(lines) == 2
+    assert lines[1].endswith("s1 0.369 to 0.301 (0.990/0.720, match_flag_rate used).")
+    assert "s2" not in lines[1]

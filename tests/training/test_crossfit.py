@@ -120,3 +120,16 @@ def test_threshold_on_out_of_fold_needs_cross_fitting():
         load_config(overrides=["ensemble.threshold_on=out_of_fold"])
     with pytest.raises(HistoedgeError, match="threshold_on"):
         load_config(overrides=["ensemble.threshold_on=test"])
+
+
+def test_threshold_transfer_needs_an_out_of_fold_threshold():
+    from histoedge import HistoedgeError
+
+    assert load_config().ensemble.threshold_transfer == "none"
+    match = "ensemble.threshold_transfer=match_flag_rate"
+    assert load_config(overrides=["ensemble.cv_folds=3", match]).ensemble.threshold_transfer == "match_flag_rate"
+    for overrides in ([match], ["ensemble.cv_folds=3", "ensemble.threshold_on=validation", match]):
+        with pytest.raises(HistoedgeError, match="threshold_transfer=match_flag_rate carries an out-of-fold"):
+            load_config(overrides=overrides)
+    with pytest.raises(HistoedgeError, match="threshold_transfer"):
+        load_config(overrides=["ensemble.threshold_transfer=shift"])

@@ -156,6 +156,26 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert transfer["out_of_fold"]["sensitivity"] == pytest.approx(np.mean(oof_val[val_labels == 1] >= at))
     assert transfer["out_of_fold"]["specificity"] == pytest.approx(np.mean(oof_val[val_labels == 0] < at))
     assert f"On the {n_val} validation images, which both scored, the fold models reach sensitivity" in report
+    assert transfer["rule"] == "none" and "(ensemble.threshold_transfer=match_flag_rate would use it)" in report
+
+    # Carrying the threshold over by the share of validation images it flags is a recombination too.
+    assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"],
+                                      extra=["ensemble.cv_folds=2", "ensemble.threshold_transfer=match_flag_rate"])) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    carried = metrics["threshold_rule"]
+    matched = carried["transfer"]["matched"]
+    assert carried["transfer"]["rule"] == "match_flag_rate"
+    assert carried["out_of_fold_threshold"] == pytest.approx(at)  # the rule's own choice is unchanged
+    assert carried["threshold"] == metrics["threshold"] == matched["threshold"]
+    assert Ensemble.load(run / "ensemble.json").threshold == pytest.approx(matched["threshold"])
+    assert matched["flagged_share"] == pytest.approx(np.mean(oof_val >= at))
+    deployed_val = load_predictions(run)["val"]["ensemble"][:, 1]
+    assert np.mean(deployed_val >= matched["threshold"]) >= matched["flagged_share"] - 1e-12
+    assert np.mean(deployed_val > matched["threshold"]) < matched["flagged_share"] or matched["flagged_share"] == 0
+    assert matched["deployed"]["sensitivity"] == pytest.approx(metrics["models"]["ensemble"]["val"]["recall"])
+    report = (run / "report.md").read_text()
+    assert "carried over to the deployed ensemble as" in report
+    assert "that threshold is used (ensemble.threshold_transfer=match_flag_rate)" in report
 
     # The cohort rule is a recombination too: its cohort is the validation split's positive patients,
     # even though the threshold is chosen on the larger out-of-fold pool.

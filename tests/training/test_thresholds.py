@@ -8,8 +8,8 @@ import pytest
 from histoedge import HistoedgeError
 from histoedge.training.bootstrap import cluster_ids
 from histoedge.training.ensemble import choose_threshold
-from histoedge.training.thresholds import (cohort_sensitivities, cohort_shortfall, select_threshold, transfer_check,
-                                          sensitivity_lower_bounds, split_lower_bounds)
+from histoedge.training.thresholds import (cohort_sensitivities, cohort_shortfall, matched_threshold, select_threshold,
+                                          sensitivity_lower_bounds, split_lower_bounds, transfer_check)
 
 
 def _validation(n_patients, per_patient=15, seed=0):
@@ -170,8 +170,39 @@ def test_transfer_check_counts_both_scorings_of_the_same_rows():
     fold = np.array([0.9, 0.8, 0.5, 0.45, 0.5, 0.1])
     deployed = np.array([0.9, 0.6, 0.3, 0.2, 0.35, 0.05])
     check = transfer_check(y, fold, deployed, threshold=0.4)
+    # the fold scores flag 5 of 6 rows; the 5th highest deployed score (0.2) flags them too
     assert check == {"images": 6, "out_of_fold": {"sensitivity": 1.0, "specificity": 0.5},
-                     "deployed": {"sensitivity": 0.5, "specificity": 1.0}}
+                     "deployed": {"sensitivity": 0.5, "specificity": 1.0},
+                     "matched": {"threshold": 0.2, "flagged_share": 5 / 6,
+                                 "deployed": {"sensitivity": 1.0, "specificity": 0.5}}}
     assert transfer_check(y[:4], fold[:4], deployed[:4], threshold=0.4)["deployed"]["specificity"] is None
     with pytest.raises(HistoedgeError, match="expected 6 scores"):
         transfer_check(y, fold, deployed[:5], threshold=0.4)
+
+
+def test_matched_threshold_undoes_a_change_of_scale():
+    # Deployed scores that rank the rows as the fold scores do, on another scale: the matched
+    # threshold flags exactly the rows the fold threshold flags, whatever that threshold is.
+    rng = np.random.default_rng(3)
+    fold = rng.uniform(0.01, 0.99, 200)
+    logit = np.log(fold / (1 - fold))
+    deployed = 1 / (1 + np.exp(-(2.5 * logit - 1.0)))
+    for threshold in (0.05, 0.3, 0.5, 0.77, 0.98):
+        matched = matched_threshold(fold, deployed, threshold=threshold)
+        np.testing.assert_array_equal(deployed >= matched["threshold"], fold >= threshold)
+        assert matched["flagged_share"] == pytest.approx(np.mean(fold >= threshold))
+    assert matched_threshold(fold, deployed, threshold=0.0)["threshold"] == deployed.min()  # every row flagged
+    none = matched_threshold(fold, deployed, threshold=1.0)  # no row flagged: neither may the deployed scores
+    assert none["flagged_share"] == 0 and not (deployed >= none["threshold"]).any()
+
+
+def test_matched_threshold_keeps_the_share_when_rankings_differ():
+    fold = np.array([0.9, 0.7, 0.6, 0.2])
+    deployed = np.array([0.1, 0.8, 0.3, 0.5])  # another order: the share flagged carries over, not the rows
+    assert matched_threshold(fold, deployed, threshold=0.65) == {"threshold": 0.5, "flagged_share": 0.5}
+    tied = matched_threshold(fold, np.array([0.4, 0.4, 0.4, 0.1]), threshold=0.65)
+    assert tied["threshold"] == 0.4  # at least the share: ties at the boundary are all flagged
+    with pytest.raises(HistoedgeError, match="scored twice"):
+        matched_threshold(fold, deployed[:3], threshold=0.5)
+    with pytest.raises(HistoedgeError, match="scored twice"):
+        matched_threshold([], [], threshold=0.5)
