@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -121,14 +120,11 @@ def image_config(inspect_path: Path, field: str) -> None:
 
 
 def free_ports(count: int) -> None:
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    print(" ".join(str(sock.getsockname()[1]) for sock in sockets))
-    for sock in sockets:
-        sock.close()
+    # Below the ephemeral range, as the pytest suites draw them: a bind(0) port can be handed to
+    # an outgoing connection before the container's server binds it.
+    from tests.support.ports import free_ports as draw
+
+    print(" ".join(str(port) for port in draw(count)))
 
 
 def _children() -> dict[int, list[int]]:
