@@ -252,7 +252,8 @@ def _matched_text(matched: dict | None, carried: bool) -> str:
                f"{_fmt(matched['threshold'])}, with sensitivity {_fmt(matched['deployed']['sensitivity'])} and "
                f"specificity {_fmt(matched['deployed']['specificity'])}")
     if carried:
-        return f" The deployed ensemble {figures}; that threshold is used (ensemble.threshold_transfer=match_flag_rate)."
+        return (f" The deployed ensemble {figures}; that threshold is used "
+                "(ensemble.threshold_transfer=match_flag_rate).")
     return f" The deployed ensemble {figures} (ensemble.threshold_transfer=match_flag_rate would use it)."
 
 

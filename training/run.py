@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 _RECOMBINE_ONLY = {("ensemble", "method"), ("ensemble", "target_sensitivity"), ("ensemble", "fit_vote_weights"),
                    ("ensemble", "members"), ("ensemble", "threshold_rule"), ("ensemble", "threshold_confidence"),
                    ("ensemble", "threshold_split_patients"), ("ensemble", "cv_folds"), ("ensemble", "threshold_on"),
-                   ("ensemble", "threshold_transfer"), ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"), ("evaluation", "patient_aggregation"),
-                   ("recipe",)}
+                   ("ensemble", "threshold_transfer"), ("ensemble", "stacking_weights"), ("evaluation", "bootstrap"),
+                   ("evaluation", "patient_aggregation"), ("recipe",)}
 THRESHOLD_ROUNDS = 1000  # patient resamples behind the threshold's margin (independent of evaluation.bootstrap)
 # Sections that only concern the distilled student: a finished run may gain (or retrain) one.
 _STUDENT_ONLY = {"distill"}

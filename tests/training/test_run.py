@@ -159,8 +159,9 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert transfer["rule"] == "none" and "(ensemble.threshold_transfer=match_flag_rate would use it)" in report
 
     # Carrying the threshold over by the share of validation images it flags is a recombination too.
+    carry = ["ensemble.cv_folds=2", "ensemble.threshold_transfer=match_flag_rate"]
     assert run_module.cli_train(_args(image_folder, run, ensemble=True, members=["class_weight", "focal"],
-                                      extra=["ensemble.cv_folds=2", "ensemble.threshold_transfer=match_flag_rate"])) == 0
+                                      extra=carry)) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     carried = metrics["threshold_rule"]
     matched = carried["transfer"]["matched"]
