@@ -69,8 +69,11 @@ def analyse(run: Path) -> dict:
     val_positive = len({patient[i] for i, r in enumerate(rows)
                         if r["split"] == "val" and r["label"] == ensemble.classes[positive_class]})
     threshold, target = float(ensemble.threshold), float(ensemble.target_sensitivity)
+    # Out-of-fold scores are read at the threshold chosen on them, the test split at the one deployed
+    # (they differ when ensemble.threshold_transfer carried it over).
+    on_oof = float((metrics.get("threshold_rule") or {}).get("out_of_fold_threshold", threshold))
     groups = list(oof_groups.values())
-    spread = cohort_sensitivities(np.array([np.sum(g >= threshold) for g in groups]), np.array([len(g) for g in groups]),
+    spread = cohort_sensitivities(np.array([np.sum(g >= on_oof) for g in groups]), np.array([len(g) for g in groups]),
                                   split_patients=len(test_groups), rounds=ROUNDS)
     strict = select_threshold("split_lower_bound", oof_y, oof_p, target=target, confidence=0.9, rounds=ROUNDS,
                               patients=[patient[i] for i in index], positive_class=positive_class,
