@@ -90,7 +90,11 @@ def _features(images: np.ndarray) -> np.ndarray:
     od = np.take(_OD, small)                                       # float32 [N, h, w, 3]
     tissue = (od[..., 0] + od[..., 1] + od[..., 2]) > TISSUE_OD    # summed in float32
     count = tissue.sum(axis=(1, 2))
-    stains = _mean_od(od, tissue, count) @ _HED_FROM_RGB        # deconvolution is linear
+    mean_od = _mean_od(od, tissue, count)
+    # Deconvolution is linear: three products summed in a fixed order.  A BLAS product may sum
+    # them in another order for one row than for many, and an image's features must not depend
+    # on the batch it came in (seen with numpy 2.4.6's OpenBLAS: 1-ulp differences).
+    stains = mean_od[:, :1] * _HED_FROM_RGB[0] + mean_od[:, 1:2] * _HED_FROM_RGB[1] + mean_od[:, 2:] * _HED_FROM_RGB[2]
     result[:, 0], result[:, 1] = stains[:, 0], stains[:, 1]
     grey = rgb_to_grey(small)
     result[:, 2] = grey.mean(axis=(1, 2)) / 255.0
