@@ -231,7 +231,8 @@ def _threshold_text(metrics: dict, classes) -> str:
     if rule.get("cohort_below_target") is not None:
         # The spread of a small acceptance cohort around the mean: what a site testing the
         # threshold on its own few positive patients should expect.
-        text += (f" At that threshold, {100 * rule['cohort_below_target']:.0f}% of cohorts of "
+        where_read = "the out-of-fold" if carried else "that"
+        text += (f" At {where_read} threshold, {100 * rule['cohort_below_target']:.0f}% of cohorts of "
                  f"{rule['cohort_patients']} positive patients drawn from those {rule.get('val_patients')} "
                  f"fall below sensitivity {target}.")
     if transfer:

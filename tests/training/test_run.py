@@ -176,6 +176,7 @@ def test_ensemble_fits_on_validation_only_and_resumes(image_folder, folder_facto
     assert matched["deployed"]["sensitivity"] == pytest.approx(metrics["models"]["ensemble"]["val"]["recall"])
     report = (run / "report.md").read_text()
     assert "carried over to the deployed ensemble as" in report
+    assert "At the out-of-fold threshold, " in report and "At that threshold" not in report
     assert "that threshold is used (ensemble.threshold_transfer=match_flag_rate)" in report
 
     # The cohort rule is a recombination too: its cohort is the validation split's positive patients,
