@@ -46,21 +46,33 @@ def _by_patient(scores, positive, patients) -> dict:
     return {k: np.array(v) for k, v in groups.items()}
 
 
-def analyse(run: Path) -> dict:
-    """The figures above for one cross-fitted run directory."""
+def out_of_fold(run: Path):
+    """``(ensemble, rows, patient, index, labels, scores)`` of a cross-fitted run directory.
+
+    ``rows``: ``splits.csv``, one per dataset image; ``patient``: each image's patient id (an
+    image without one is its own); ``index``: the dataset rows of the out-of-fold pool, with their
+    ``labels`` and the ensemble's out-of-fold P(positive class), ``scores``.
+    """
     from histoedge.training.ensemble import Ensemble
-    from histoedge.training.report import load_predictions
-    from histoedge.training.thresholds import cohort_sensitivities, select_threshold
 
     ensemble = Ensemble.load(run / "ensemble.json")
-    positive_class = ensemble.positive_class or 1
-    metrics = json.loads((run / "metrics.json").read_text())
     with open(run / "splits.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     patient = [r["patient"] or f"image-{i}" for i, r in enumerate(rows)]
     with np.load(run / "crossfit" / "oof.npz") as oof:
-        index, oof_y = oof["index"], oof["labels"]
-        oof_p = ensemble.predict_proba([oof[f"probs__{n}"] for n in ensemble.members])[:, positive_class]
+        index, labels = oof["index"], oof["labels"]
+        scores = ensemble.predict_proba([oof[f"probs__{n}"] for n in ensemble.members])[:, ensemble.positive_class or 1]
+    return ensemble, rows, patient, index, labels, scores
+
+
+def analyse(run: Path) -> dict:
+    """The figures above for one cross-fitted run directory."""
+    from histoedge.training.report import load_predictions
+    from histoedge.training.thresholds import cohort_sensitivities, select_threshold
+
+    ensemble, rows, patient, index, oof_y, oof_p = out_of_fold(run)
+    positive_class = ensemble.positive_class or 1
+    metrics = json.loads((run / "metrics.json").read_text())
     predictions = load_predictions(run)
     test_y, test_p = predictions["test_labels"], predictions["test"]["ensemble"][:, positive_class]
     test_rows = [i for i, r in enumerate(rows) if r["split"] == "test"]

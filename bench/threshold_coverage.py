@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import sys
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_output_options, emit  # noqa: E402
+from sensitivity_spread import out_of_fold  # noqa: E402
 
 
 def coverage(scores, patients, *, target: float, confidence: float = 0.9, rounds: int = 200, seed: int = 0,
@@ -72,20 +73,10 @@ def coverage(scores, patients, *, target: float, confidence: float = 0.9, rounds
 
 def _positives(run: Path) -> tuple[np.ndarray, list[str], float, float]:
     """The run's out-of-fold positive scores and their patients, its target and confidence."""
-    import json
-
-    from histoedge.training.ensemble import Ensemble
-
-    ensemble = Ensemble.load(run / "ensemble.json")
-    positive_class = ensemble.positive_class or 1
+    ensemble, _, patient, index, labels, scores = out_of_fold(run)
     rule = json.loads((run / "metrics.json").read_text())["threshold_rule"]
-    with open(run / "splits.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    with np.load(run / "crossfit" / "oof.npz") as oof:
-        index, labels = oof["index"], oof["labels"]
-        scores = ensemble.predict_proba([oof[f"probs__{n}"] for n in ensemble.members])[:, positive_class]
-    positive = labels == positive_class
-    patients = [rows[i]["patient"] or f"image-{i}" for i in index[positive]]
+    positive = labels == (ensemble.positive_class or 1)
+    patients = [patient[i] for i in index[positive]]
     return scores[positive], patients, float(rule["target"]), float(rule.get("confidence", 0.9))
 
 
