@@ -61,6 +61,12 @@ _ADDED_WITH_OLD_BEHAVIOUR = {("model", "kernel_initializer"): "glorot_uniform",
 def _differences(old, new, where=()) -> list[str]:
     if where and where[0] in _STUDENT_ONLY:
         return []
+    if where == ("recipes",) and isinstance(old, dict) and isinstance(new, dict):
+        # A new recipe trains a new member beside the finished ones, which it does not change. One
+        # that exists must stay as its member was trained, and stay listed, so that a member folder
+        # cannot later be reused under another definition of the same name.
+        return [f"recipes.{name}: {old[name]!r} -> {new.get(name)!r}"
+                for name in sorted(old, key=str) if old[name] != new.get(name)]
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new), key=str):

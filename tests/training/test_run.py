@@ -227,3 +227,25 @@ def test_input_errors_are_one_line_and_write_nothing(problem, folder_factory, tm
     err = capsys.readouterr().err.strip()
     assert err.startswith("histoedge train: error:") and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_may_gain_a_recipe_but_not_change_or_drop_one(tmp_path):
+    from histoedge.training.config import load_config
+    from histoedge.training.run import check_resumable
+
+    def config(recipes, members):
+        path = tmp_path / "settings.yaml"
+        path.write_text(yaml.safe_dump({"recipes": recipes, "ensemble": {"members": members}}))
+        return load_config(path)
+
+    wide = {"base": "class_weight", "model": {"dense_units": [32]}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config({"wide": wide}, ["focal", "wide"]).to_yaml())
+    narrow = {"base": "focal", "model": {"dense_units": [8]}}
+    check_resumable(run, config({"wide": wide, "narrow": narrow}, ["focal", "wide", "narrow"]))
+    changed = dict(wide, model={"dense_units": [64]})
+    with pytest.raises(RunConfigChanged, match=r"recipes\.wide: .*\[32\].* -> .*\[64\]"):
+        check_resumable(run, config({"wide": changed, "narrow": narrow}, ["focal", "wide", "narrow"]))
+    with pytest.raises(RunConfigChanged, match=r"recipes\.wide: .* -> None"):
+        check_resumable(run, config({"narrow": narrow}, ["focal", "narrow"]))
