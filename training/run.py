@@ -63,10 +63,15 @@ def _differences(old, new, where=()) -> list[str]:
         return []
     if where == ("recipes",) and isinstance(old, dict) and isinstance(new, dict):
         # A new recipe trains a new member beside the finished ones, which it does not change. One
-        # that exists must stay as its member was trained, and stay listed, so that a member folder
-        # cannot later be reused under another definition of the same name.
-        return [f"recipes.{name}: {old[name]!r} -> {new.get(name)!r}"
-                for name in sorted(old, key=str) if old[name] != new.get(name)]
+        # that exists must stay as its member was trained, and stay listed, and a new one may not
+        # take a built-in recipe's name: either way a finished member folder would be reused
+        # under another definition of its name.
+        from histoedge.training.recipes import list_recipes
+
+        changed = [f"recipes.{name}: {old[name]!r} -> {new.get(name)!r}"
+                   for name in sorted(old, key=str) if old[name] != new.get(name)]
+        return changed + [f"recipes.{name}: defined over the built-in recipe of that name"
+                          for name in sorted(set(new) - set(old), key=str) if name in list_recipes()]
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new), key=str):

@@ -249,3 +249,6 @@ def test_a_finished_run_may_gain_a_recipe_but_not_change_or_drop_one(tmp_path):
         check_resumable(run, config({"wide": changed, "narrow": narrow}, ["focal", "wide", "narrow"]))
     with pytest.raises(RunConfigChanged, match=r"recipes\.wide: .* -> None"):
         check_resumable(run, config({"narrow": narrow}, ["focal", "narrow"]))
+    # the finished `focal` member trained as the built-in recipe: a definition under its name is refused
+    with pytest.raises(RunConfigChanged, match=r"recipes\.focal: defined over the built-in recipe"):
+        check_resumable(run, config({"wide": wide, "focal": narrow}, ["focal", "wide"]))
