@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_output_options, emit  # noqa: E402
+from sensitivity_spread import out_of_fold_threshold  # noqa: E402
 
 SENSITIVITY_GOAL = 0.93
 LABELS = {"ensemble": "ensemble, cross-fitted stacking", "ensemble_validation_fit": "ensemble, validation-fitted stacking"}
@@ -71,15 +72,8 @@ def run_rows(run: Path) -> tuple[list[str], dict]:
              "selected_member": selected,
              "ensemble_minus_selected": versus.get(selected, {}).get("difference"),
              "transfer": (metrics.get("threshold_rule") or {}).get("transfer"),
-             "out_of_fold_threshold": _out_of_fold_threshold(metrics.get("threshold_rule") or {})}
+             "out_of_fold_threshold": out_of_fold_threshold(metrics.get("threshold_rule") or {})}
     return rows, facts
-
-
-def _out_of_fold_threshold(rule: dict) -> float | None:
-    """The threshold the rule chose on out-of-fold scores, before any carrying over (None: chosen on validation)."""
-    if not str(rule.get("chosen_on", "")).startswith("out_of_fold"):
-        return None
-    return rule.get("out_of_fold_threshold", rule.get("threshold"))
 
 
 def _transfer_lines(facts: list[dict]) -> list[str]:

@@ -37,6 +37,17 @@ GOAL = 0.93
 ROUNDS = 4000
 
 
+def out_of_fold_threshold(rule: dict) -> float | None:
+    """The threshold the rule chose on out-of-fold scores, before any carrying over (None: chosen on validation).
+
+    Args:
+        rule: a run's ``metrics.json`` ``threshold_rule``.
+    """
+    if not str(rule.get("chosen_on", "")).startswith("out_of_fold"):
+        return None
+    return rule.get("out_of_fold_threshold", rule.get("threshold"))
+
+
 def _by_patient(scores, positive, patients) -> dict:
     """Scores of the positive rows, grouped by patient."""
     groups: dict[str, list] = {}
@@ -83,7 +94,8 @@ def analyse(run: Path) -> dict:
     threshold, target = float(ensemble.threshold), float(ensemble.target_sensitivity)
     # Out-of-fold scores are read at the threshold chosen on them, the test split at the one deployed
     # (they differ when ensemble.threshold_transfer carried it over).
-    on_oof = float((metrics.get("threshold_rule") or {}).get("out_of_fold_threshold", threshold))
+    on_oof = out_of_fold_threshold(metrics.get("threshold_rule") or {})
+    on_oof = threshold if on_oof is None else float(on_oof)
     groups = list(oof_groups.values())
     spread = cohort_sensitivities(np.array([np.sum(g >= on_oof) for g in groups]), np.array([len(g) for g in groups]),
                                   split_patients=len(test_groups), rounds=ROUNDS)
