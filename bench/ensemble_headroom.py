@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import sys
 from pathlib import Path
@@ -42,11 +41,6 @@ def simplex_grid(k: int, step: float) -> np.ndarray:
     return np.stack(rows) / units
 
 
-def logits(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 def headroom(labels, member_scores: dict[str, np.ndarray], step: float = 0.1) -> dict:
     """The best test-fitted weighting of the members' logits against the best single member.
 
@@ -63,10 +57,11 @@ def headroom(labels, member_scores: dict[str, np.ndarray], step: float = 0.1) ->
 
         headroom([0, 1, 1], {"a": np.array([.2, .7, .9]), "b": np.array([.1, .8, .6])})
     """
+    from scipy.special import logit
     from sklearn.metrics import roc_auc_score
 
     names = list(member_scores)
-    x = np.stack([logits(member_scores[m]) for m in names])  # [k, N]
+    x = np.stack([logit(np.clip(np.asarray(member_scores[m], np.float64), 1e-7, 1 - 1e-7)) for m in names])  # [k, N]
     single = {m: float(roc_auc_score(labels, x[i])) for i, m in enumerate(names)}
     grid = simplex_grid(len(names), step)
     aucs = np.array([roc_auc_score(labels, w @ x) for w in grid])
@@ -102,16 +97,15 @@ def measure(run: Path, step: float) -> dict:
 def compare_ensembles(base: Path, wider: Path, rounds: int, seed: int) -> dict:
     """The wider run's ensemble minus the base run's on the same test patients (paired bootstrap)."""
     from histoedge.training.bootstrap import cluster_ids, paired_difference
+    from histoedge.training.data import read_splits_csv
     from histoedge.training.metrics import macro_roc_auc
 
-    rows = {}
-    for run in (base, wider):
-        with open(run / "splits.csv", newline="") as handle:
-            rows[run] = [(r["path"], r["patient"]) for r in csv.DictReader(handle) if r["split"] == "test"]
+    rows = {run: [(r.path, r.patient) for r in read_splits_csv(run / "splits.csv") if r.split == "test"]
+            for run in (base, wider)}
     if rows[base] != rows[wider]:
         raise SystemExit(f"{base} and {wider} do not hold the same test rows; pair a run with its own copy")
     a, b = _binary_test(wider), _binary_test(base)
-    clusters = cluster_ids([patient or None for _, patient in rows[base]], len(a["test_labels"]))
+    clusters = cluster_ids([patient for _, patient in rows[base]], len(a["test_labels"]))
     found = paired_difference(macro_roc_auc, a["test_labels"], a["test"]["ensemble"], b["test"]["ensemble"],
                               clusters, rounds=rounds, seed=seed)
     return {"base": base.name, "wider": wider.name, **found}
